@@ -1,0 +1,44 @@
+"""`sanitize inspect` and `sanitize export`: look at a manifest, write a run's kept rows."""
+
+from __future__ import annotations
+
+import click
+
+from sanitize.export import export_run
+from sanitize.runfolder import RunFolder
+from sanitize_cli.main import cli, emit
+from sanitize_cli.options import json_option, manifest_options, open_manifest_from
+
+
+@cli.command()
+@click.argument("manifest")
+@manifest_options
+@json_option
+def inspect(manifest, preset, id_col, caption_col, image_col, url_col, image_root, as_json):
+    """Read MANIFEST (file, glob or folder), check that uids are unique, and describe it."""
+    m = open_manifest_from(manifest, preset, id_col, caption_col, image_col, url_col, image_root)
+    rows = m.check_unique_uids()
+    first = m.read_shard(0)
+    summary = {
+        "path": manifest, "preset": m.spec.preset, "shards": len(m.files), "rows": rows,
+        "columns": {k: v for k, v in m.spec.to_dict()["columns"].items() if v},
+        "with_image": int(sum(1 for k, i in zip(first.table["key"].to_pylist(), first.table["image"].to_pylist(),
+                                                strict=True) if k or i)),
+        "example_uids": first.table["uid"].to_pylist()[:3],
+    }
+    emit(summary, as_json, [
+        f"{manifest}: preset {m.spec.preset}, {len(m.files)} shard(s), {rows} rows, uids unique",
+        f"columns: {summary['columns']}",
+        f"example uids: {', '.join(summary['example_uids'])}",
+    ])
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/export).")
+@json_option
+def export(run, out, as_json):
+    """Write the rows no stage removed, with the input's own columns, plus removed.parquet with reasons."""
+    summary = export_run(RunFolder.open(run), out)
+    emit(summary, as_json, [f"kept {summary['kept']} of {summary['rows']} rows, removed {summary['removed']}; "
+                            f"written to {summary['out']}"])

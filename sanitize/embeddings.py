@@ -1,0 +1,278 @@
+"""Read and write CLIP embeddings, validated, one shard at a time.
+
+Layouts read:
+- clip-retrieval inference output: ``img_emb/img_emb_N.npy`` (+ ``text_emb/text_emb_N.npy``) with
+  ``metadata/metadata_N.parquet``; row i of the metadata is row i of the npy. Arrays are memory-mapped.
+- a run folder (its ``embeddings/`` folder has the clip-retrieval layout);
+- parquet with an embedding column (a fixed-size list or list of floats), given by ``embedding_col``;
+- a single ``.npy`` file: rows get uids ``"0" .. "N-1"``.
+
+Layout written (clip-retrieval's, so embedding-reader, clip-retrieval and autofaiss read it unchanged): float16,
+L2-normalised rows, zero-padded shard numbers so that name order is numeric order, metadata with a ``uid`` column.
+
+Every shard is checked before use: same dimension as the first shard, as many npy rows as metadata rows, no
+NaN/inf, no zero rows. Rows whose norm is off 1 are renormalised with a warning, or refused with
+``require_normalized=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sanitize import atomic
+from sanitize.errors import DataError
+from sanitize.manifest import list_shard_files, read_parquet, url_caption_uids
+
+logger = logging.getLogger(__name__)
+
+NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; more means the input was not normalised
+_CHUNK = 65536
+
+
+@dataclass
+class EmbeddingShard:
+    """One validated shard: ``uids[i]`` is the row of ``img_emb[i]`` (and of ``text_emb[i]`` when present)."""
+
+    index: int
+    source: str
+    uids: np.ndarray
+    img_emb: np.ndarray
+    text_emb: np.ndarray | None = None
+    metadata: pa.Table | None = None
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+
+class EmbeddingSource:
+    """Embedding shards from one of the supported layouts. Build with :func:`open_embeddings`."""
+
+    def __init__(self, kind: str, parts: list[dict], *, require_normalized: bool = False,
+                 embedding_col: str | None = None, id_col: str | None = None):
+        self.kind = kind
+        self._parts = parts
+        self.require_normalized = require_normalized
+        self.embedding_col = embedding_col
+        self.id_col = id_col
+        self.dim: int | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return len(self._parts)
+
+    def shards(self) -> Iterator[EmbeddingShard]:
+        """Yield validated shards in order. Raises DataError naming the file and row of the first problem."""
+        for index in range(len(self._parts)):
+            yield self.read_shard(index)
+
+    def read_shard(self, index: int) -> EmbeddingShard:
+        part = self._parts[index]
+        if self.kind == "clip-retrieval":
+            shard = _read_clip_retrieval_part(index, part)
+        elif self.kind == "npy":
+            x = _load_npy(part["img"])
+            shard = EmbeddingShard(index, str(part["img"]), np.arange(len(x)).astype(str), x)
+        else:
+            shard = _read_parquet_part(index, part["path"], self.embedding_col, self.id_col)
+        if self.dim is None:
+            self.dim = shard.img_emb.shape[1]
+        elif shard.img_emb.shape[1] != self.dim:
+            raise DataError(f"{shard.source}: embedding dimension {shard.img_emb.shape[1]} differs from "
+                            f"{self.dim} in the first shard")
+        shard.img_emb = checked_embeddings(shard.img_emb, shard.source, shard.uids,
+                                           require_normalized=self.require_normalized)
+        if shard.text_emb is not None:
+            shard.text_emb = checked_embeddings(shard.text_emb, part.get("text", shard.source), shard.uids,
+                                                require_normalized=self.require_normalized)
+        return shard
+
+    def load_all(self, dtype: type = np.float16) -> tuple[np.ndarray, np.ndarray]:
+        """All uids and image embeddings concatenated (``dtype`` rows). For stages that need every row at once."""
+        uids, xs = [], []
+        for shard in self.shards():
+            uids.append(shard.uids)
+            xs.append(np.asarray(shard.img_emb, dtype=dtype))
+        if not xs:
+            raise DataError("no embeddings found")
+        return np.concatenate(uids), np.concatenate(xs)
+
+
+def open_embeddings(path: str | os.PathLike, *, embedding_col: str | None = None, id_col: str | None = None,
+                    require_normalized: bool = False) -> EmbeddingSource:
+    """Open embeddings at ``path`` (run folder, clip-retrieval folder, parquet file/glob/folder, or .npy)."""
+    p = Path(path)
+    if p.is_dir() and (p / "run.json").exists() and (p / "embeddings").is_dir():
+        p = p / "embeddings"
+    if p.is_dir() and (p / "img_emb").is_dir():
+        parts = _clip_retrieval_parts(p)
+        return EmbeddingSource("clip-retrieval", parts, require_normalized=require_normalized)
+    if p.suffix == ".npy":
+        if not p.is_file():
+            raise DataError(f"{p}: no such file")
+        return EmbeddingSource("npy", [{"img": p}], require_normalized=require_normalized)
+    files = list_shard_files(p)
+    col = embedding_col or _guess_embedding_column(files[0])
+    return EmbeddingSource("parquet", [{"path": f} for f in files], require_normalized=require_normalized,
+                           embedding_col=col, id_col=id_col)
+
+
+def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_normalized: bool = False
+                       ) -> np.ndarray:
+    """Return ``x`` if every row is finite, non-zero and unit-norm; renormalise (with a warning) rows that are not.
+
+    Raises DataError naming ``source``, the row and its uid for NaN/inf or zero rows, and for non-unit rows when
+    ``require_normalized``. Reads the array in chunks, so a memory-map stays mostly on disk.
+    """
+    if x.ndim != 2:
+        raise DataError(f"{source}: embeddings must be a 2-D array (rows × dim), got shape {x.shape}")
+    off = 0
+    for start in range(0, len(x), _CHUNK):
+        block = np.asarray(x[start:start + _CHUNK], dtype=np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise DataError(f"{source}: row {row} (uid {uids[row]}) has a NaN or infinite value")
+        norms = np.linalg.norm(block, axis=1)
+        if (norms == 0).any():
+            row = start + int(np.flatnonzero(norms == 0)[0])
+            raise DataError(f"{source}: row {row} (uid {uids[row]}) is all zeros")
+        bad = np.abs(norms - 1) > NORM_TOLERANCE
+        if bad.any() and require_normalized:
+            row = start + int(np.flatnonzero(bad)[0])
+            raise DataError(f"{source}: row {row} (uid {uids[row]}) has norm {norms[row - start]:.4f}, not 1; "
+                            "drop --require-normalized to renormalise")
+        off += int(bad.sum())
+    if off:
+        logger.warning("%s: %d of %d rows were not L2-normalised; renormalised", source, off, len(x))
+        x32 = np.asarray(x, dtype=np.float32)
+        return (x32 / np.linalg.norm(x32, axis=1, keepdims=True)).astype(x.dtype)
+    return x
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm, as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def write_embedding_shard(folder: str | os.PathLike, index: int, img_emb: np.ndarray,
+                          text_emb: np.ndarray | None, metadata: pa.Table) -> None:
+    """Write one shard in clip-retrieval layout: float16 unit rows, metadata (with ``uid``) written last.
+
+    Each file is written atomically. Raises ValueError when the row counts disagree or ``uid`` is missing.
+    """
+    if "uid" not in metadata.column_names:
+        raise ValueError("metadata must have a uid column")
+    if len(img_emb) != metadata.num_rows or (text_emb is not None and len(text_emb) != metadata.num_rows):
+        raise ValueError("embeddings and metadata must have the same number of rows")
+    folder = Path(folder)
+    atomic.write_npy(folder / "img_emb" / f"img_emb_{index:05d}.npy", np.asarray(img_emb, np.float16))
+    if text_emb is not None:
+        atomic.write_npy(folder / "text_emb" / f"text_emb_{index:05d}.npy", np.asarray(text_emb, np.float16))
+    atomic.write_parquet(folder / "metadata" / f"metadata_{index:05d}.parquet", metadata)
+
+
+def _shard_number(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.stem)
+    return int(m.group(1)) if m else -1
+
+
+def _clip_retrieval_parts(folder: Path) -> list[dict]:
+    imgs = sorted((folder / "img_emb").glob("*.npy"), key=_shard_number)
+    if not imgs:
+        raise DataError(f"{folder / 'img_emb'}: no .npy files")
+    metas = {_shard_number(f): f for f in (folder / "metadata").glob("*.parquet")}
+    texts = {_shard_number(f): f for f in (folder / "text_emb").glob("*.npy")} if (folder / "text_emb").is_dir() \
+        else {}
+    parts = []
+    for img in imgs:
+        n = _shard_number(img)
+        if n not in metas:
+            raise DataError(f"{img}: no matching metadata/metadata_{n}.parquet")
+        parts.append({"img": img, "meta": metas[n], "text": texts.get(n)})
+    return parts
+
+
+def _read_clip_retrieval_part(index: int, part: dict) -> EmbeddingShard:
+    x = _load_npy(part["img"])
+    meta = read_parquet(part["meta"])
+    if meta.num_rows != len(x):
+        raise DataError(f"{part['img']}: {len(x)} rows but {part['meta']} has {meta.num_rows} rows")
+    text = None
+    if part.get("text") is not None:
+        text = _load_npy(part["text"])
+        if len(text) != len(x):
+            raise DataError(f"{part['text']}: {len(text)} rows but {part['img']} has {len(x)} rows")
+    if "uid" in meta.column_names:
+        uids = np.asarray(meta.column("uid").cast(pa.string()).to_pylist(), dtype=object)
+    else:
+        names = meta.column_names
+        url = meta.column("url").to_pylist() if "url" in names else [None] * meta.num_rows
+        if "url" not in names and "image_path" in names:
+            url = meta.column("image_path").to_pylist()
+        cap = meta.column("caption").to_pylist() if "caption" in names else [None] * meta.num_rows
+        uids = np.asarray(url_caption_uids(url, cap), dtype=object)
+    return EmbeddingShard(index, str(part["img"]), uids, x, text, meta)
+
+
+def _read_parquet_part(index: int, path: Path, col: str, id_col: str | None) -> EmbeddingShard:
+    names = pq.read_schema(path).names
+    if col not in names:
+        raise DataError(f"{path}: embedding column {col!r} (--embedding-col) not found; columns are: "
+                        f"{', '.join(names)}")
+    id_name = id_col or next((c for c in ("uid", "key", "id") if c in names), None)
+    if id_col and id_col not in names:
+        raise DataError(f"{path}: id column {id_col!r} (--id-col) not found")
+    table = read_parquet(path, columns=[c for c in (id_name, col) if c])
+    x = fixed_size_list_to_numpy(table.column(col), source=f"{path}: column {col!r}")
+    if id_name:
+        uids = np.asarray(table.column(id_name).cast(pa.string()).to_pylist(), dtype=object)
+    else:
+        uids = np.arange(len(x)).astype(str)
+    return EmbeddingShard(index, str(path), uids, x)
+
+
+def fixed_size_list_to_numpy(column: pa.ChunkedArray, *, source: str) -> np.ndarray:
+    """A list<float> or fixed_size_list<float> column as a 2-D array. Raises DataError for ragged or null rows."""
+    arr = column.combine_chunks()
+    if arr.null_count:
+        row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{source}: row {row} has no embedding")
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+        flat = arr.flatten().to_numpy(zero_copy_only=False)
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        lengths = np.diff(arr.offsets.to_numpy())
+        if len(lengths) and (lengths != lengths[0]).any():
+            row = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise DataError(f"{source}: row {row} has {lengths[row]} values, row 0 has {lengths[0]}")
+        width = int(lengths[0]) if len(lengths) else 0
+        flat = arr.flatten().to_numpy(zero_copy_only=False)
+    else:
+        raise DataError(f"{source}: type {arr.type} is not a list of floats")
+    return flat.reshape(len(arr), width)
+
+
+def _guess_embedding_column(path: Path) -> str:
+    schema = pq.read_schema(path)
+    for f in schema:
+        if (pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)) and \
+                pa.types.is_floating(f.type.value_type):
+            return f.name
+    raise DataError(f"{path}: no embedding column found (a list of floats); pass --embedding-col")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({e})") from e
