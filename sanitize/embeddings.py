@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from sanitize import atomic
 from sanitize.errors import DataError
-from sanitize.manifest import list_shard_files, read_parquet, url_caption_uids
+from sanitize.manifest import PRESETS, canonical_table, list_shard_files, read_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -212,15 +212,8 @@ def _read_clip_retrieval_part(index: int, part: dict) -> EmbeddingShard:
         text = _load_npy(part["text"])
         if len(text) != len(x):
             raise DataError(f"{part['text']}: {len(text)} rows but {part['img']} has {len(x)} rows")
-    if "uid" in meta.column_names:
-        uids = np.asarray(meta.column("uid").cast(pa.string()).to_pylist(), dtype=object)
-    else:
-        names = meta.column_names
-        url = meta.column("url").to_pylist() if "url" in names else [None] * meta.num_rows
-        if "url" not in names and "image_path" in names:
-            url = meta.column("image_path").to_pylist()
-        cap = meta.column("caption").to_pylist() if "caption" in names else [None] * meta.num_rows
-        uids = np.asarray(url_caption_uids(url, cap), dtype=object)
+    canonical = canonical_table(meta, PRESETS["clip-retrieval"], path=part["meta"], shard=index)
+    uids = np.asarray(canonical.column("uid").to_pylist(), dtype=object)
     return EmbeddingShard(index, str(part["img"]), uids, x, text, meta)
 
 

@@ -329,10 +329,6 @@ def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int
         return raw.column(col).cast(pa.string()).combine_chunks()
 
     caption, url, key, image = text(columns.caption), text(columns.url), text(columns.key), text(columns.image)
-    if columns.success_col and columns.success_col in names:
-        ok = pc.equal(raw.column(columns.success_col).cast(pa.string()), columns.success_value)
-        ok = pc.fill_null(ok, False)
-        key = pc.if_else(ok, key, pa.scalar(None, pa.string()))
     id_col = next((c for c in columns.id_cols if c in names), None)
     if id_col is not None:
         uid = raw.column(id_col).cast(pa.string()).combine_chunks()
@@ -340,7 +336,14 @@ def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int
             bad = int(np.flatnonzero(uid.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(f"{path}: row {bad}: id column {id_col!r} is empty")
     else:
-        uid = pa.array(url_caption_uids(url.to_pylist(), caption.to_pylist()), pa.string())
+        # Without an id column, a row is its url (or, for local files, its image path) plus its caption.
+        where = [u if u is not None else i for u, i in zip(url.to_pylist(), image.to_pylist(), strict=True)]
+        uid = pa.array(url_caption_uids(where, caption.to_pylist()), pa.string())
+    if columns.success_col and columns.success_col in names:
+        # A row the tool failed to download has no image anywhere: null its key and url (after the uid is made).
+        ok = pc.fill_null(pc.equal(raw.column(columns.success_col).cast(pa.string()), columns.success_value), False)
+        key = pc.if_else(ok, key, pa.scalar(None, pa.string()))
+        url = pc.if_else(ok, url, pa.scalar(None, pa.string()))
     return pa.table(
         [uid, caption, image, url, key, pa.array(np.full(n, shard, np.int32)), pa.array(np.arange(n, dtype=np.int64))],
         schema=CANONICAL_SCHEMA,

@@ -1,0 +1,53 @@
+"""CLI contract: only working commands are listed, --help works on each, errors are one line with exit 1 / 2."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from sanitize_cli import commands  # noqa: F401  (registers the commands)
+from sanitize_cli.main import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_every_listed_command_has_help(runner):
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name, command in cli.commands.items():
+        assert command.help, f"{name} has no help text"
+        sub = runner.invoke(cli, [name, "--help"])
+        assert sub.exit_code == 0, (name, sub.output)
+        if hasattr(command, "commands"):
+            for child in command.commands:
+                assert runner.invoke(cli, [name, child, "--help"]).exit_code == 0, (name, child)
+
+
+def test_data_error_is_one_line_with_exit_1(runner, tmp_path):
+    result = runner.invoke(cli, ["inspect", str(tmp_path / "missing.parquet")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ") and "missing.parquet: no such file or folder" in result.stderr
+
+
+def test_usage_error_exit_2(runner, tmp_path):
+    p = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uid": ["a"]}), p)
+    assert runner.invoke(cli, ["inspect", str(p), "--preset", "nope"]).exit_code == 2
+    assert runner.invoke(cli, ["no-such-command"]).exit_code == 2
+
+
+def test_inspect_json(runner, tmp_path):
+    p = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uid": ["a", "b"], "caption": ["x", "y"]}), p)
+    result = runner.invoke(cli, ["inspect", str(p), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 2 and summary["preset"] == "generic" and summary["example_uids"] == ["a", "b"]

@@ -1,0 +1,26 @@
+"""Packaging: every package folder is listed in pyproject.toml, and no top-level `cli` module is installed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_package_is_listed():
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "sanitize").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert "cli" not in listed and "sanitize_cli" in listed
+
+
+def test_cli_package_is_importable_under_its_unique_name():
+    import sanitize_cli.main
+
+    assert Path(sanitize_cli.main.__file__).parent.name == "cli"
