@@ -1,0 +1,38 @@
+"""`sanitize demo OUT`: the whole pipeline on a generated sample, offline."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+from sanitize.demo import run_demo
+from sanitize_cli.main import cli, emit
+from sanitize_cli.options import json_option
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--rows", default=1200, show_default=True, type=click.IntRange(100, 2000), help="Sample size.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample and of the demo model.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@json_option
+def demo(out, rows, seed, workers, as_json):
+    """Generate a sample (images, captions, near-duplicates, broken files) in OUT and run the pipeline on it."""
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, n: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(total=rows, desc=stage, unit="row", disable=as_json, leave=False)
+        bars[stage].update(n)
+
+    summary = run_demo(out, n_rows=rows, seed=seed, workers=workers, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    embed, export = summary["stages"]["embed"], summary["stages"]["export"]
+    emit(summary, as_json, [
+        f"sample: {summary['sample']} ({summary['rows']} rows)",
+        f"embed: {embed['kept']} embedded, not embedded: "
+        + (", ".join(f"{k} {v}" for k, v in embed["dropped"].items()) or "none"),
+        f"export: kept {export['kept']} of {export['rows']} rows -> {export['out']}",
+        f"run folder: {summary['run']}",
+    ])
