@@ -1,0 +1,211 @@
+"""Attribute prompt specs and caption lexicons: data files, validated on load.
+
+An attribute spec (TOML, `resources/attributes/*.toml`) names the classes of one perceived attribute and several
+text prompts per class for CLIP zero-shot labelling:
+
+    name = "perceived_gender"
+    margin = 0.2                       # top-1 minus top-2 probability below this -> "unknown"
+    not_applicable = ["no_person"]     # classes that mean "the attribute does not apply"
+    [[classes]]
+    label = "female"
+    prompts = ["a photo of a woman.", "a photo of a girl."]
+
+A lexicon (TOML, `resources/lexicons/*.toml`) maps each class to caption words; matching is case-insensitive on
+word boundaries. A caption matching two or more classes gets the `multiple` label, one matching none gets "unknown":
+
+    name = "caption_gender"
+    multiple = "mixed"
+    [classes]
+    female = ["woman", "women", "girl", "she"]
+    male = ["man", "men", "boy", "he"]
+
+Users add attributes by adding files; no code changes. Every problem raises `ConfigError` naming the file and entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from sanitize.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 uses the tomli backport named in pyproject.toml
+    import tomli as tomllib
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+DEFAULT_MARGIN = 0.1
+CLIP_LOGIT_SCALE = 100.0
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """Classes and prompts of one zero-shot attribute. `prompts[i]` belongs to `classes[i]`."""
+
+    name: str
+    classes: tuple[str, ...]
+    prompts: tuple[tuple[str, ...], ...]
+    margin: float = DEFAULT_MARGIN
+    logit_scale: float = CLIP_LOGIT_SCALE
+    not_applicable: tuple[str, ...] = ()
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """Caption word lists: `terms[i]` are the (lower-case) words of `classes[i]`."""
+
+    name: str
+    classes: tuple[str, ...]
+    terms: tuple[tuple[str, ...], ...]
+    multiple: str = "multiple"
+    description: str = ""
+    source: str = ""
+
+    def all_terms(self) -> list[str]:
+        """Every term of every class, in file order."""
+        return [t for class_terms in self.terms for t in class_terms]
+
+
+def _resource_dir(kind: str) -> Path:
+    return Path(str(resources.files("sanitize").joinpath("resources", kind)))
+
+
+def builtin_attribute_specs() -> dict[str, Path]:
+    """Name -> path of the attribute specs shipped with the package."""
+    return {p.stem: p for p in sorted(_resource_dir("attributes").glob("*.toml"))}
+
+
+def builtin_lexicons() -> dict[str, Path]:
+    """Name -> path of the caption lexicons shipped with the package."""
+    return {p.stem: p for p in sorted(_resource_dir("lexicons").glob("*.toml"))}
+
+
+def _read_toml(path: str | os.PathLike, kind: str, builtin: dict[str, Path]) -> tuple[dict, str]:
+    """Read a TOML file given as a path or as the name of a built-in file."""
+    p = Path(path)
+    if not p.exists() and str(path) in builtin:
+        p = builtin[str(path)]
+    if not p.is_file():
+        raise ConfigError(f"{kind} file not found: {path} (built-in: {', '.join(builtin) or 'none'})")
+    builtin_dir = next(iter(builtin.values())).parent if builtin else None
+    # Built-in files are named portably, so a report does not carry this machine's install path.
+    name = f"builtin:{p.stem}" if builtin_dir is not None and p.resolve().parent == builtin_dir.resolve() else str(p)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f), name
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+
+
+def _label(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: class label must be a non-empty string, got {value!r}")
+    if value.strip() == UNKNOWN:
+        raise ConfigError(f"{where}: class label '{UNKNOWN}' is reserved for undetermined rows")
+    return value.strip()
+
+
+def load_attribute_spec(path: str | os.PathLike) -> AttributeSpec:
+    """Load and validate a zero-shot attribute spec from a TOML path or a built-in name ("perceived_gender").
+
+    Guarantees: at least two classes, unique labels, every class has at least one non-empty prompt,
+    0 <= margin < 1, logit_scale > 0, `not_applicable` labels are classes of the spec.
+    """
+    data, src = _read_toml(path, "attribute spec", builtin_attribute_specs())
+    name = data.get("name", Path(src).stem)
+    raw_classes = data.get("classes")
+    if not isinstance(raw_classes, list) or len(raw_classes) < 2:
+        raise ConfigError(f"{src}: needs at least two [[classes]] entries")
+    labels: list[str] = []
+    prompts: list[tuple[str, ...]] = []
+    for i, entry in enumerate(raw_classes):
+        where = f"{src}: classes[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table with 'label' and 'prompts'")
+        label = _label(entry.get("label"), where)
+        where = f"{src}: class '{label}'"
+        if label in labels:
+            raise ConfigError(f"{where}: duplicate class label")
+        class_prompts = entry.get("prompts")
+        if not isinstance(class_prompts, list) or not class_prompts:
+            raise ConfigError(f"{where}: has no prompts")
+        for prompt in class_prompts:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"{where}: empty prompt {prompt!r}")
+        labels.append(label)
+        prompts.append(tuple(p.strip() for p in class_prompts))
+    margin = data.get("margin", DEFAULT_MARGIN)
+    if not isinstance(margin, int | float) or not 0 <= margin < 1:
+        raise ConfigError(f"{src}: margin must be in [0, 1), got {margin!r}")
+    scale = data.get("logit_scale", CLIP_LOGIT_SCALE)
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise ConfigError(f"{src}: logit_scale must be > 0, got {scale!r}")
+    not_applicable = tuple(data.get("not_applicable", ()))
+    for label in not_applicable:
+        if label not in labels:
+            raise ConfigError(f"{src}: not_applicable label '{label}' is not a class")
+    return AttributeSpec(
+        name=str(name),
+        classes=tuple(labels),
+        prompts=tuple(prompts),
+        margin=float(margin),
+        logit_scale=float(scale),
+        not_applicable=not_applicable,
+        description=str(data.get("description", "")).strip(),
+        source=src,
+    )
+
+
+def load_lexicon(path: str | os.PathLike) -> Lexicon:
+    """Load and validate a caption lexicon from a TOML path or a built-in name ("caption_gender").
+
+    Terms are lower-cased and stripped. Guarantees: at least one class, every class has terms, no empty term,
+    no term listed twice (within a class or across classes, compared case-insensitively).
+    """
+    data, src = _read_toml(path, "lexicon", builtin_lexicons())
+    name = data.get("name", Path(src).stem)
+    raw = data.get("classes")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{src}: needs a non-empty [classes] table")
+    seen: dict[str, str] = {}
+    labels: list[str] = []
+    terms: list[tuple[str, ...]] = []
+    for raw_label, raw_terms in raw.items():
+        label = _label(raw_label, f"{src}: classes")
+        where = f"{src}: class '{label}'"
+        if not isinstance(raw_terms, list) or not raw_terms:
+            raise ConfigError(f"{where}: has no terms")
+        class_terms: list[str] = []
+        for term in raw_terms:
+            if not isinstance(term, str) or not term.strip():
+                raise ConfigError(f"{where}: empty term {term!r}")
+            key = " ".join(term.lower().split())
+            if key in seen:
+                other = seen[key]
+                also = "" if other == label else f" (also in class '{other}')"
+                raise ConfigError(f"{where}: duplicate term '{key}'{also}")
+            seen[key] = label
+            class_terms.append(key)
+        labels.append(label)
+        terms.append(tuple(class_terms))
+    multiple = data.get("multiple", "multiple")
+    multiple = _label(multiple, f"{src}: multiple")
+    if multiple in labels:
+        raise ConfigError(f"{src}: multiple label '{multiple}' is also a class")
+    return Lexicon(
+        name=str(name),
+        classes=tuple(labels),
+        terms=tuple(terms),
+        multiple=multiple,
+        description=str(data.get("description", "")).strip(),
+        source=src,
+    )
