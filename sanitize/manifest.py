@@ -67,9 +67,10 @@ class ColumnMap:
 
 PRESETS: dict[str, ColumnMap] = {
     # img2dataset's `key` is positional (shard + row): it changes when the crawl is resharded, so it is kept only
-    # for finding the image in the tar; identity comes from url + caption.
+    # for finding the image in the tar; identity is a saved `uid` column (--save_additional_columns), else
+    # url + caption.
     "img2dataset": ColumnMap(
-        caption="caption", url="url", key="key", success_col="status", success_value="success"
+        id_cols=("uid",), caption="caption", url="url", key="key", success_col="status", success_value="success"
     ),
     "laion": ColumnMap(id_cols=("SAMPLE_ID", "hash"), caption="TEXT", url="URL"),
     "datacomp": ColumnMap(id_cols=("uid",), caption="text", url="url"),

@@ -1,0 +1,1 @@
+"""Safety filtering: category specs, labels, classifiers, active-learning strategies and certified thresholds."""
