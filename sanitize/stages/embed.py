@@ -81,3 +81,20 @@ def embed_stats(run: RunFolder, rows: int, seconds: float) -> dict[str, Any]:
         counts.update(table["status"].to_pylist())
     return {"rows_in": rows, "kept": counts.get(OK, 0), "dropped": {k: v for k, v in sorted(counts.items()) if k != OK},
             "seconds": round(seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1)}
+
+
+def load_run_model(run: RunFolder, *, device: str | None = None) -> ClipModel:
+    """The CLIP model that embedded ``run`` (from its recorded config), e.g. for its text tower.
+
+    Raises ConfigError when the run has no embed stage or the weights are not on this machine.
+    """
+    from sanitize.demo import register_packaged_models
+    from sanitize.errors import ConfigError
+    from sanitize.models import load_clip
+
+    config = run.stage_config(STAGE)
+    if config is None:
+        raise ConfigError(f"{run.path}: this run has no embed stage, so no CLIP model to load")
+    register_packaged_models()
+    pretrained = None if config["pretrained"] == "None" else config["pretrained"]
+    return load_clip(config["model"], pretrained, device=device, seed=config.get("seed", 0))

@@ -1,0 +1,182 @@
+"""The audit stage over a run folder: label each row's attributes, join every stage's decisions, run the audit.
+
+Per manifest shard it builds one table — uid, caption, one column per attribute, ``keep:<stage>`` per finished
+stage (null where the stage never saw the row) — and hands the shards to :func:`sanitize.audit.run_audit`, which
+counts them shard by shard, merges the counts and writes ``RUN/audit/report.{json,md,html}`` (and
+``weights.parquet`` when weighting is asked for).
+
+Attributes are named by tokens: a built-in lexicon (``caption_gender``, ``occupations``) or zero-shot spec
+(``perceived_gender``, ``age``, ``perceived_race``, ``skin_tone``), ``lexicon:PATH``, ``zero-shot:PATH``, or
+``column:NAME`` for a column of the input manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from sanitize.audit import (
+    AttributeInfo,
+    AttributeSpec,
+    AuditOptions,
+    Lexicon,
+    builtin_attribute_specs,
+    builtin_lexicons,
+    class_embeddings,
+    column_attribute,
+    column_info,
+    lexicon_attribute,
+    lexicon_info,
+    load_attribute_spec,
+    load_lexicon,
+    run_audit,
+    spec_info,
+    zero_shot_attribute,
+)
+from sanitize.audit.specs import UNKNOWN
+from sanitize.embeddings import open_embeddings
+from sanitize.errors import ConfigError
+from sanitize.manifest import read_parquet
+from sanitize.runfolder import RunFolder, peak_memory_mb
+
+logger = logging.getLogger(__name__)
+
+STAGE = "audit"
+DEFAULT_ATTRIBUTES = ("caption_gender", "occupations", "perceived_gender", "age")
+
+
+@dataclass(frozen=True)
+class AttributeSource:
+    """One attribute to label: how (lexicon, zero-shot, column), its column name, and its spec or lexicon."""
+
+    kind: str
+    info: AttributeInfo
+    spec: AttributeSpec | Lexicon | None = None
+
+
+def resolve_attribute(token: str) -> AttributeSource:
+    """Turn an attribute token into an AttributeSource. Raises ConfigError listing the choices when unknown."""
+    kind, _, rest = token.partition(":")
+    if rest and kind == "column":
+        return AttributeSource("column", column_info(rest, source=f"column:{rest}"))
+    if rest and kind == "lexicon":
+        lex = load_lexicon(rest)
+        return AttributeSource("lexicon", lexicon_info(lex), lex)
+    if rest and kind == "zero-shot":
+        spec = load_attribute_spec(rest)
+        return AttributeSource("zero-shot", spec_info(spec), spec)
+    if token in builtin_lexicons():
+        lex = load_lexicon(token)
+        return AttributeSource("lexicon", lexicon_info(lex), lex)
+    if token in builtin_attribute_specs():
+        spec = load_attribute_spec(token)
+        return AttributeSource("zero-shot", spec_info(spec), spec)
+    choices = sorted([*builtin_lexicons(), *builtin_attribute_specs()])
+    raise ConfigError(f"unknown attribute {token!r}; use one of {', '.join(choices)}, lexicon:PATH, "
+                      "zero-shot:PATH or column:NAME")
+
+
+def run_audit_stage(
+    run: RunFolder,
+    *,
+    attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
+    encode_text: Callable[[list[str]], np.ndarray] | None = None,
+    weight_on: Sequence[str] | None = None,
+    target: Mapping[str, float] | None = None,
+    options: AuditOptions | None = None,
+) -> dict[str, Any]:
+    """Audit ``run``'s finished stages; writes RUN/audit/ and returns a summary (flags, paths, seconds).
+
+    ``encode_text`` (the CLIP text tower of the model that embedded the run) is needed for zero-shot
+    attributes; without it they raise ConfigError. Stages are audited in the order they were run.
+    """
+    started = time.perf_counter()
+    sources = [resolve_attribute(a) for a in attributes]
+    names = [s.info.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"attribute names repeat: {', '.join(names)}")
+    class_emb = {}
+    for s in sources:
+        if s.kind == "zero-shot":
+            if encode_text is None:
+                raise ConfigError(f"attribute {s.info.name!r} is zero-shot and needs the run's CLIP model")
+            class_emb[s.info.name] = class_embeddings(s.spec, encode_text)
+    stages = run.finished_stages()
+    if not stages:
+        raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
+    if options is None:
+        occupation = next((s.info.name for s in sources if s.info.name == "occupation"), None)
+        gender = next((s.info.name for s in sources if "gender" in s.info.name), None)
+        options = AuditOptions(concepts=((occupation, gender),) if occupation and gender else ())
+
+    def shards() -> Iterator[pl.DataFrame]:
+        yield from audit_tables(run, sources, class_emb, stages)
+
+    keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
+    result = run_audit(shards, [s.info for s in sources], run.path / STAGE, stages=list(stages),
+                       options=options, keywords=keywords, weight_on=list(weight_on) if weight_on else None,
+                       target=target, title=f"Filter audit of {run.path.name}")
+    flags = result.report.get("flags", [])
+    stats = {"stages": stages, "attributes": names, "flags": len(flags),
+             "paths": {k: str(v) for k, v in result.paths.items()},
+             "seconds": round(time.perf_counter() - started, 3), "peak_memory_mb": round(peak_memory_mb(), 1)}
+    if result.plan is not None:
+        stats["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
+    run.record_stats(STAGE, stats)
+    return stats
+
+
+def audit_tables(run: RunFolder, sources: Sequence[AttributeSource], class_emb: dict[str, np.ndarray],
+                 stages: Sequence[str]) -> Iterator[pl.DataFrame]:
+    """One table per manifest shard: uid, caption, attribute columns, keep:<stage> columns."""
+    manifest = run.manifest()
+    embeddings = open_embeddings(run.path) if class_emb else None
+    for index in range(len(manifest.files)):
+        base = manifest.read_shard(index).table
+        df = pl.DataFrame({"uid": base["uid"].to_pylist(), "caption": base["caption"].to_pylist()},
+                          schema={"uid": pl.String, "caption": pl.String})
+        columns = [s.info.name for s in sources if s.kind == "column"]
+        raw = manifest.read_raw_shard(index) if columns else None
+        for s in sources:
+            if s.kind == "lexicon":
+                labels = lexicon_attribute(df["caption"], s.spec)
+            elif s.kind == "column":
+                if s.info.name not in raw.column_names:
+                    raise ConfigError(f"{manifest.files[index]}: column {s.info.name!r} (attribute column:"
+                                      f"{s.info.name}) not found")
+                labels = column_attribute(raw[s.info.name], s.info.name)
+            else:
+                labels = _zero_shot_labels(df["uid"], embeddings, index, s.spec, class_emb[s.info.name])
+            df = df.with_columns(pl.Series(s.info.name, labels, dtype=pl.String))
+        for stage in stages:
+            df = df.join(_stage_keep(run, stage, index), on="uid", how="left")
+        yield df
+
+
+def _zero_shot_labels(uids: pl.Series, embeddings, index: int, spec: AttributeSpec, class_emb: np.ndarray
+                      ) -> pl.Series:
+    """Zero-shot labels for the rows of one shard; rows without an embedding are unknown."""
+    shard = embeddings.read_shard(index) if index < embeddings.n_shards else None
+    if shard is None or len(shard) == 0:
+        return pl.Series([UNKNOWN] * len(uids))
+    labels = zero_shot_attribute(np.asarray(shard.img_emb, np.float32), class_emb, spec).labels
+    known = pl.DataFrame({"uid": shard.uids.tolist(), "label": list(labels)},
+                         schema={"uid": pl.String, "label": pl.String})
+    joined = pl.DataFrame({"uid": uids}).join(known, on="uid", how="left", maintain_order="left")
+    return joined["label"].fill_null(UNKNOWN)
+
+
+def _stage_keep(run: RunFolder, stage: str, index: int) -> pl.DataFrame:
+    """uid → keep:<stage> for one shard of a stage (empty when the stage has no such shard)."""
+    column = f"keep:{stage}"
+    path = run.shard_path(stage, index)
+    if not run.is_done(stage, index):
+        return pl.DataFrame(schema={"uid": pl.String, column: pl.Boolean})
+    table = read_parquet(path, columns=["uid", "keep"])
+    return pl.from_arrow(table).rename({"keep": column})
