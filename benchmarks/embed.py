@@ -1,0 +1,162 @@
+"""Embedding throughput: the pipelined `embed_shard` against a naive one-row-at-a-time loop.
+
+    python benchmarks/embed.py [--quick] [--images N] [--workers 0,1,2] [--batch-size 32] [--model ViT-B-32]
+
+Synthetic 640×480 JPEGs (smooth colour fields plus noise, quality 90, about photo-sized files) are written to a
+temporary folder. The model has random weights (`pretrained=None`): the same architecture, so the same compute
+cost as the real weights. Both methods do the same work per row — read the file, decode, preprocess, embed the
+image and its caption — the naive loop one row at a time in one Python thread, `embed_shard` in batches with N
+decode workers. Throughput counts rows (images) per second of wall time, after one warm-up pass. With CUDA, the
+pipeline is also measured on the GPU at fp16. Prints a markdown table and writes benchmarks/results/embed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sanitize.atomic import write_json  # noqa: E402
+from sanitize.embed import embed_shard  # noqa: E402
+from sanitize.images import decode_image  # noqa: E402
+from sanitize.models import ClipModel, load_clip  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "embed.json"
+
+
+def write_images(folder: Path, n: int, seed: int) -> list[str]:
+    """n photo-like 640×480 JPEGs: a smooth upsampled colour field plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((640, 480), Image.BICUBIC)
+        pixels = np.asarray(field, dtype=np.int16) + rng.integers(-20, 21, (480, 640, 3), dtype=np.int16)
+        name = f"{i:06d}.jpg"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / name, "JPEG", quality=90)
+        names.append(name)
+    return names
+
+
+def naive_loop(model: ClipModel, folder: Path, names: list[str], captions: list[str]) -> None:
+    """Read, decode, preprocess and embed one image and its caption at a time."""
+    for name, caption in zip(names, captions, strict=True):
+        pixels = model.preprocess(decode_image((folder / name).read_bytes()))
+        model.encode_images(pixels.unsqueeze(0))
+        model.encode_text([caption])
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few images, workers 0 and 2 only")
+    parser.add_argument("--images", type=int, default=None, help="images per measurement (default 96; quick 24)")
+    parser.add_argument("--workers", default=None, help="comma-separated decode worker counts (default 0,1,2)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    n = args.images or (24 if args.quick else 96)
+    workers = [int(w) for w in (args.workers or ("0,2" if args.quick else "0,1,2")).split(",")]
+
+    load_before = os.getloadavg()[0]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="sanitize-bench-embed-") as tmp:
+        folder = Path(tmp)
+        names = write_images(folder, n, args.seed)
+        size_kb = sum((folder / name).stat().st_size for name in names) / n / 1024
+        captions = [f"a synthetic photo number {i} of a colourful scene" for i in range(n)]
+        table = pa.table({"uid": [str(i) for i in range(n)], "caption": captions, "image": names})
+
+        cpu = load_clip(args.model, None, device="cpu", seed=args.seed)
+        warm = table.slice(0, min(n, args.batch_size))
+        embed_shard(warm, cpu, image_root=folder, batch_size=args.batch_size, num_workers=0)
+        naive_loop(cpu, folder, names[:2], captions[:2])
+
+        seconds = timed(lambda: naive_loop(cpu, folder, names, captions))
+        rows.append(_row("naive loop", "cpu", "fp32", 0, 1, n, seconds))
+        for w in workers:
+            seconds = timed(
+                lambda w=w: embed_shard(table, cpu, image_root=folder, batch_size=args.batch_size, num_workers=w)
+            )
+            rows.append(_row("embed_shard", "cpu", "fp32", w, args.batch_size, n, seconds))
+
+        if torch.cuda.is_available():
+            gpu = load_clip(args.model, None, device="cuda", precision="fp16", seed=args.seed)
+            embed_shard(warm, gpu, image_root=folder, batch_size=args.batch_size, num_workers=0)
+            for w in sorted({max(workers), os.cpu_count() or 1}):
+                seconds = timed(
+                    lambda w=w: embed_shard(table, gpu, image_root=folder, batch_size=args.batch_size, num_workers=w)
+                )
+                rows.append(_row("embed_shard", "cuda", "fp16", w, args.batch_size, n, seconds))
+
+    naive = rows[0]["images_per_s"]
+    for row in rows:
+        row["speedup_vs_naive"] = round(row["images_per_s"] / naive, 2)
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # Other jobs on the machine share the CPUs; the 1-minute load average says how much.
+        "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+    config = {
+        "model": args.model,
+        "pretrained": None,
+        "images": n,
+        "jpeg_kb_mean": round(size_kb, 1),
+        "image_size": "640x480",
+        "batch_size": args.batch_size,
+        "quick": args.quick,
+    }
+    write_json(RESULTS, {"benchmark": "embed", "machine": machine, "config": config, "results": rows})
+
+    print(
+        f"{args.model} (random weights), {n} synthetic 640x480 JPEGs (~{size_kb:.0f} KB), image + caption per row; "
+        f"{machine['cpu_count']} CPUs, torch {machine['torch']} ({machine['torch_threads']} threads), "
+        f"GPU: {machine['gpu'] or 'none'}, load average before/after {machine['load_avg_1min_before_after']}\n"
+    )
+    print("| method | device | precision | decode workers | batch | images | seconds | images/s | vs naive |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['method']} | {r['device']} | {r['precision']} | {r['workers']} | {r['batch_size']} | "
+            f"{r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['speedup_vs_naive']:.2f}x |"
+        )
+    print(f"\nwrote {RESULTS.relative_to(REPO)}")
+
+
+def _row(method: str, device: str, precision: str, workers: int, batch: int, n: int, seconds: float) -> dict:
+    return {
+        "method": method,
+        "device": device,
+        "precision": precision,
+        "workers": workers,
+        "batch_size": batch,
+        "images": n,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(n / seconds, 2),
+    }
+
+
+if __name__ == "__main__":
+    main()
