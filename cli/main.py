@@ -49,7 +49,3 @@ def main() -> None:
     from sanitize_cli import commands  # noqa: F401  (registers the commands on `cli`)
 
     cli(prog_name="sanitize")
-
-
-if __name__ == "__main__":
-    main()

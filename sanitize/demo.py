@@ -26,14 +26,6 @@ from sanitize.stages.embed import run_embed_stage
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "sanitize-demo-clip"
-MODEL_CONFIGS = Path(__file__).parent / "resources" / "models"
-
-
-def register_packaged_models() -> None:
-    """Make the architectures shipped in sanitize/resources/models known to open_clip by name."""
-    import open_clip
-
-    open_clip.add_model_config(MODEL_CONFIGS)
 
 
 def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, workers: int = 2,
@@ -50,7 +42,6 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
         make_sample(sample_dir, n_rows=n_rows, seed=seed)
     manifest = open_manifest(sample_dir / "shards")
     run = RunFolder.create(out / "run", manifest)
-    register_packaged_models()
     model = load_clip(DEMO_MODEL, None, device="cpu", seed=seed)
     bar = (lambda n: progress("embed", n)) if progress else None
     stats = {"embed": run_embed_stage(manifest, run, model, batch_size=64, num_workers=workers, progress=bar)}

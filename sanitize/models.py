@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+# Architectures shipped as data (e.g. `sanitize-demo-clip`, the demo's small model), registered with open_clip.
+PACKAGED_CONFIGS = Path(__file__).parent / "resources" / "models"
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 # File names open_clip's hub repos use for their weights, safetensors first (no pickle).
@@ -82,6 +84,7 @@ class ClipModel:
         dim: int,
         device: torch.device,
         precision: str,
+        seed: int = 0,
         network: torch.nn.Module,
         preprocess: Callable[[Any], torch.Tensor],
         tokenizer: Callable[[Sequence[str]], torch.Tensor],
@@ -91,6 +94,7 @@ class ClipModel:
         self.dim = dim
         self.device = device
         self.precision = precision
+        self.seed = seed
         self.preprocess = preprocess
         self.network = network
         self.tokenizer = tokenizer
@@ -164,6 +168,7 @@ def load_clip(
     """
     import open_clip  # heavy import (torchvision); keep `import sanitize.models` cheap
 
+    open_clip.add_model_config(PACKAGED_CONFIGS)
     torch_device = _resolve_device(device)
     precision = _resolve_precision(precision, torch_device)
     if isinstance(pretrained, str) and pretrained.strip().lower() in ("", "none"):
@@ -211,6 +216,7 @@ def load_clip(
         dim=int(source.model_cfg["embed_dim"]),
         device=torch_device,
         precision=precision,
+        seed=seed,
         network=network,
         preprocess=preprocess,
         tokenizer=tokenizer,

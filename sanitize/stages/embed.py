@@ -30,7 +30,7 @@ STAGE = "embed"
 def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int) -> dict[str, Any]:
     """What decides the embed stage's output (its fingerprint): model, weights, precision, batch size, limits."""
     return {"model": model.name, "pretrained": str(model.pretrained), "precision": model.precision,
-            "dim": model.dim, "batch_size": batch_size, "max_pixels": max_pixels}
+            "dim": model.dim, "seed": model.seed, "batch_size": batch_size, "max_pixels": max_pixels}
 
 
 def run_embed_stage(
@@ -88,13 +88,11 @@ def load_run_model(run: RunFolder, *, device: str | None = None) -> ClipModel:
 
     Raises ConfigError when the run has no embed stage or the weights are not on this machine.
     """
-    from sanitize.demo import register_packaged_models
     from sanitize.errors import ConfigError
     from sanitize.models import load_clip
 
     config = run.stage_config(STAGE)
     if config is None:
         raise ConfigError(f"{run.path}: this run has no embed stage, so no CLIP model to load")
-    register_packaged_models()
     pretrained = None if config["pretrained"] == "None" else config["pretrained"]
     return load_clip(config["model"], pretrained, device=device, seed=config.get("seed", 0))
