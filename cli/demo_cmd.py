@@ -28,11 +28,16 @@ def demo(out, rows, seed, workers, as_json):
     summary = run_demo(out, n_rows=rows, seed=seed, workers=workers, progress=progress)
     for bar in bars.values():
         bar.close()
-    embed, export = summary["stages"]["embed"], summary["stages"]["export"]
+    stages = summary["stages"]
+    embed, dedup, audit, export = stages["embed"], stages["dedup"], stages["audit"], stages["export"]
+    truth = summary["versus_truth"]["dedup"]
     emit(summary, as_json, [
         f"sample: {summary['sample']} ({summary['rows']} rows)",
         f"embed: {embed['kept']} embedded, not embedded: "
         + (", ".join(f"{k} {v}" for k, v in embed["dropped"].items()) or "none"),
+        f"dedup: {dedup['pairs']} pairs, {dedup['removed']} rows removed; {truth['planted_pairs_found']} of the "
+        f"{truth['planted_pairs']} planted near-duplicate pairs found (the demo model has random weights)",
+        f"audit: {audit['flags']} flag(s); report: {audit['paths']['html']}",
         f"export: kept {export['kept']} of {export['rows']} rows -> {export['out']}",
         f"run folder: {summary['run']}",
     ])

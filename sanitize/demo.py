@@ -21,11 +21,17 @@ from sanitize.manifest import open_manifest
 from sanitize.models import load_clip
 from sanitize.runfolder import RunFolder
 from sanitize.sample import make_sample
+from sanitize.stages.audit import run_audit_stage
+from sanitize.stages.dedup import run_dedup_stage
 from sanitize.stages.embed import run_embed_stage
 
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "sanitize-demo-clip"
+# The demo model's random weights squeeze all images into a narrow cone (most pairs have cosine > 0.9), so its
+# near-duplicate threshold is far stricter than the 0.95 that suits real CLIP embeddings.
+DEMO_DEDUP_THRESHOLD = 0.999
+DEMO_AUDIT_ATTRIBUTES = ("caption_gender", "occupations")
 
 
 def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, workers: int = 2,
@@ -45,6 +51,22 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
     model = load_clip(DEMO_MODEL, None, device="cpu", seed=seed)
     bar = (lambda n: progress("embed", n)) if progress else None
     stats = {"embed": run_embed_stage(manifest, run, model, batch_size=64, num_workers=workers, progress=bar)}
+    stats["dedup"] = run_dedup_stage(run.path, threshold=DEMO_DEDUP_THRESHOLD, seed=seed)
+    stats["audit"] = run_audit_stage(run, attributes=DEMO_AUDIT_ATTRIBUTES, weight_on=["caption_gender"])
     stats["export"] = export_run(run)
     truth = pl.read_parquet(sample_dir / "truth.parquet")
-    return {"sample": str(sample_dir), "run": str(run.path), "rows": truth.height, "stages": stats}
+    return {"sample": str(sample_dir), "run": str(run.path), "rows": truth.height, "stages": stats,
+            "versus_truth": {"dedup": dedup_versus_truth(run, truth)}}
+
+
+def dedup_versus_truth(run: RunFolder, truth: pl.DataFrame) -> dict[str, int]:
+    """Pairs the dedup stage found against the planted near-duplicate groups (among embedded rows)."""
+    pairs = pl.read_parquet(run.stage_dir("dedup") / "pairs.parquet")
+    embedded = pl.concat([pl.from_arrow(t.select(["uid"])) for _, t in run.read_stage("dedup")])
+    groups = truth.join(embedded, on="uid").filter(pl.col("dup_group").is_not_null())
+    planted = int(groups.group_by("dup_group").len().select((pl.col("len") * (pl.col("len") - 1) // 2).sum()).item())
+    group_of = truth.select("uid", "dup_group")
+    found = (pairs.join(group_of.rename({"uid": "uid_a", "dup_group": "ga"}), on="uid_a", how="left")
+             .join(group_of.rename({"uid": "uid_b", "dup_group": "gb"}), on="uid_b", how="left"))
+    true_found = int((found["ga"].is_not_null() & (found["ga"] == found["gb"])).sum())
+    return {"planted_pairs": planted, "pairs_found": pairs.height, "planted_pairs_found": true_found}

@@ -1,0 +1,156 @@
+"""Spherical k-means with FAISS: train on a seeded sample, assign every row in streaming batches.
+
+A clustering is only a partition that limits where pairs are searched; the pairs themselves are checked
+exactly (`sanitize.dedup.pairs`). Training uses FAISS k-means, on the GPU when FAISS sees one. Assignment
+is a nearest-centroid search: on a FAISS GPU when there is one, otherwise blockwise numpy matrix products
+on worker threads (measured 1.5–2× faster than faiss-cpu 1.15's flat search on the 2-core dev machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import faiss
+import numpy as np
+
+from sanitize.dedup.parallel import ordered_map
+from sanitize.dedup.vectors import UnitRows
+from sanitize.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ASSIGN_BATCH_ROWS = 16384  # × 1000 centroids: 64 MB of similarities per worker
+PROJECTION_SAMPLE_ROWS = 16384
+# Below this many rows per cluster the per-cluster matrix products are too small to run at BLAS speed,
+# and the partition buys nothing over one exact pass.
+MIN_CLUSTER_ROWS = 1000
+
+
+def default_n_clusters(n_rows: int) -> int:
+    """Number of clusters for `n_rows` rows: clusters of about max(1000, √n_rows) rows.
+
+    √n balances the two costs of a clustering, assignment (n·k) and within-cluster pairs (n²/k); below a
+    million rows that would make clusters too small to be worth it, so they hold about 1000 rows.
+    Always between 1 and n_rows.
+    """
+    if n_rows < 1:
+        raise ConfigError(f"n_rows must be positive, got {n_rows}")
+    target = max(MIN_CLUSTER_ROWS, math.isqrt(n_rows))
+    return max(1, min(n_rows, round(n_rows / target)))
+
+
+def faiss_gpu_count() -> int:
+    """Number of GPUs FAISS can use (0 with faiss-cpu)."""
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def fit_projection(
+    x: UnitRows | np.ndarray, dims: int, *, rows: np.ndarray | None = None, seed: int = 0,
+    sample_rows: int = PROJECTION_SAMPLE_ROWS,
+) -> np.ndarray:
+    """(d, dims) float32 orthonormal projection onto the `dims` leading principal directions of the rows.
+
+    Directions are the top eigenvectors of the uncentred second moment of a seeded sample of
+    `sample_rows` rows (uncentred: unit embeddings share a large mean direction, and keeping it keeps
+    cosines meaningful). Clustering in this subspace costs dims/d of clustering in full; the pairs are
+    still checked in full dimension. Raises ConfigError unless 1 <= dims <= d.
+    """
+    d = x.shape[1]
+    if not 1 <= dims <= d:
+        raise ConfigError(f"clustering_dims={dims} must be between 1 and the embedding dimension {d}")
+    rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(rows, size=min(len(rows), sample_rows), replace=False))
+    block = x[sample]
+    _, vectors = np.linalg.eigh((block.T @ block).astype(np.float64))  # ascending eigenvalues
+    top = vectors[:, ::-1][:, :dims]
+    top *= np.where(top[np.abs(top).argmax(axis=0), np.arange(dims)] < 0, -1.0, 1.0)  # fix the sign
+    return np.ascontiguousarray(top, dtype=np.float32)
+
+
+def project(block: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+    """Rows of `block` projected (when `projection` is given) and scaled back to unit length."""
+    if projection is None:
+        return block
+    out = block @ projection
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.maximum(norms, 1e-12)  # a row orthogonal to the subspace stays zero, matching no centroid better
+    return out
+
+
+def train_centroids(
+    x: UnitRows | np.ndarray,
+    n_clusters: int,
+    *,
+    rows: np.ndarray | None = None,
+    seed: int = 0,
+    max_points_per_centroid: int = 32,
+    n_iter: int = 10,
+    projection: np.ndarray | None = None,
+) -> np.ndarray:
+    """Spherical k-means centroids ((n_clusters, dims) float32, unit rows) of the unit rows `x[rows]`.
+
+    Trains on a seeded sample of at most n_clusters · max_points_per_centroid rows (drawn here, so only
+    the sample is ever read). `rows` (sorted int64 row ids, default all) restricts the rows clustered.
+    `projection` (from `fit_projection`): cluster the projected rows (dims = its columns; default d).
+    Raises ConfigError when there are fewer rows than clusters. Same inputs and seed, same centroids.
+    """
+    rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if not 1 <= n_clusters <= len(rows):
+        raise ConfigError(f"n_clusters={n_clusters} must be between 1 and the {len(rows)} distinct rows")
+    rng = np.random.default_rng(seed)
+    n_train = min(len(rows), n_clusters * max_points_per_centroid)
+    sample = np.sort(rng.choice(rows, size=n_train, replace=False)) if n_train < len(rows) else rows
+    train = project(x[sample], projection)
+    d = train.shape[1]
+    if n_clusters == 1:
+        centroid = train.astype(np.float64).sum(axis=0)
+        return (centroid / np.linalg.norm(centroid)).astype(np.float32)[None, :]
+    kmeans = faiss.Kmeans(
+        d,
+        n_clusters,
+        niter=n_iter,
+        spherical=True,
+        seed=int(rng.integers(0, 2**31 - 1)),
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,  # we choose the sample size; silence FAISS's "too few points" warning
+        gpu=faiss_gpu_count() > 0,
+        verbose=False,
+    )
+    kmeans.train(train)
+    return np.ascontiguousarray(kmeans.centroids, dtype=np.float32)
+
+
+def assign_clusters(
+    x: UnitRows | np.ndarray,
+    centroids: np.ndarray,
+    *,
+    rows: np.ndarray | None = None,
+    batch_rows: int = ASSIGN_BATCH_ROWS,
+    projection: np.ndarray | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Nearest centroid (largest inner product) of each row in `x[rows]`, as (len(rows),) int32.
+
+    Streams `batch_rows` rows at a time on `workers` threads (default: all cores), so memory stays at
+    a few batches for memmapped inputs. `projection`: the one the centroids were trained with. Ties go
+    to the lower centroid number. On a FAISS GPU the search runs there instead.
+    """
+    n_rows = len(x) if rows is None else len(rows)
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    gpu_index = None
+    if faiss_gpu_count() > 0:
+        gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(centroids.shape[1]))
+        gpu_index.add(centroids)
+
+    def nearest(start: int) -> np.ndarray:
+        stop = min(n_rows, start + batch_rows)
+        block = project(x[start:stop] if rows is None else x[rows[start:stop]], projection)
+        if gpu_index is not None:
+            return gpu_index.search(block, 1)[1][:, 0].astype(np.int32)
+        return np.argmax(block @ centroids.T, axis=1).astype(np.int32)
+
+    batches = ordered_map(nearest, range(0, n_rows, batch_rows), 1 if gpu_index is not None else workers)
+    return np.concatenate(batches) if batches else np.empty(0, dtype=np.int32)

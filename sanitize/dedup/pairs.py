@@ -1,0 +1,96 @@
+"""Every pair of rows with cosine >= threshold inside each cluster, on bounded matrix blocks.
+
+A cluster of m rows is searched with (block × block) matrix products, so memory stays at a few
+block² floats even when one cluster holds a fifth of the data. The products only nominate candidates (with
+a small margin below the threshold); `confirm_pairs` then decides each candidate by its exact cosine
+(`pair_cosines`), so the answer does not depend on block sizes, thread counts or the device.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from sanitize.dedup.parallel import ordered_map
+from sanitize.dedup.vectors import UnitRows, pair_cosines
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_ROWS = 4096
+# float32 matrix products of unit rows of a few thousand dimensions are off by < 1e-5.
+CANDIDATE_MARGIN = 1e-4
+
+
+def within_cluster_candidates(
+    x: UnitRows | np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    *,
+    rows: np.ndarray | None = None,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs (a < b, global row ids, int64) in the same cluster with cosine >= threshold - margin.
+
+    `x`: (n, d) unit rows (UnitRows or float32 array). `labels[i]`: cluster of row `rows[i]` (`rows`
+    sorted, default all rows). Contains every same-cluster pair whose exact cosine is >= threshold, plus
+    possibly a few just below; pass the result to `confirm_pairs`. Runs on `workers` threads (default: all
+    cores); memory: O(workers · block_rows²) floats. The output order does not depend on `workers`.
+    """
+    rows = np.arange(len(labels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    order = np.argsort(labels, kind="stable")  # within a cluster, ascending row id
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    starts = np.concatenate([[0], bounds])
+    stops = np.concatenate([bounds, [len(order)]])
+    # One task per block row of each cluster, so a giant cluster is shared between workers too.
+    tasks = [
+        (rows[order[start:stop]], i0)
+        for start, stop in zip(starts, stops, strict=True)
+        if stop - start >= 2
+        for i0 in range(0, stop - start, block_rows)
+    ]
+    cut = threshold - CANDIDATE_MARGIN
+    found = ordered_map(lambda task: _block_row_pairs(x, task[0], task[1], cut, block_rows), tasks, workers)
+    if not found:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])
+
+
+def _block_row_pairs(x, ids: np.ndarray, i0: int, cut: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (a, b) between block ids[i0 : i0 + block_rows] and itself or any later block of `ids`.
+
+    `ids` ascending, so a < b for every pair.
+    """
+    ids_i = ids[i0 : i0 + block_rows]
+    xi = x[ids_i]
+    found_a, found_b = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for j0 in range(i0, len(ids), block_rows):
+        ids_j = ids_i if j0 == i0 else ids[j0 : j0 + block_rows]
+        xj = xi if j0 == i0 else x[ids_j]
+        sims = xi @ xj.T
+        flat = np.flatnonzero(sims >= cut)  # few hits: flat indices are far cheaper than 2-D nonzero
+        li, lj = np.divmod(flat, len(ids_j))
+        if j0 == i0:
+            upper = li < lj
+            li, lj = li[upper], lj[upper]
+        found_a.append(ids_i[li])
+        found_b.append(ids_j[lj])
+    return np.concatenate(found_a), np.concatenate(found_b)
+
+
+def confirm_pairs(
+    x: UnitRows | np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the candidate pairs whose exact cosine (`pair_cosines`) is >= threshold.
+
+    Returns (a, b, cosine): int64, int64, float64 arrays of the kept pairs, in the input order.
+    """
+    cos = pair_cosines(x, a, b)
+    keep = cos >= threshold
+    return a[keep], b[keep], cos[keep]
+
+
+def pair_keys(a: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
+    """One int64 per unordered pair (a < b): a · n_rows + b. Valid for n_rows < 3·10⁹."""
+    return np.asarray(a, dtype=np.int64) * n_rows + np.asarray(b, dtype=np.int64)

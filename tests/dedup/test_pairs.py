@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sanitize.dedup.pairs import confirm_pairs, within_cluster_candidates
+from sanitize.dedup.vectors import checked_unit_rows
+
+from .helpers import brute_force_pairs
+
+
+def _same_cluster_truth(truth, labels, rows):
+    cluster = dict(zip(rows.tolist(), labels.tolist(), strict=True))
+    return {(a, b) for a, b in truth if a in cluster and b in cluster and cluster[a] == cluster[b]}
+
+
+@pytest.mark.parametrize("block_rows", [4096, 64, 37])
+def test_blockwise_search_finds_exactly_the_same_cluster_pairs(giant_set, block_rows):
+    data, truth = giant_set
+    x = checked_unit_rows(data.x)
+    rng = np.random.default_rng(0)
+    # One cluster holds 30% of the rows: blocking has to cover it in many block pairs.
+    labels = np.where(rng.random(len(data.x)) < 0.3, 0, rng.integers(1, 40, len(data.x))).astype(np.int32)
+    rows = np.arange(len(data.x))
+    a, b = within_cluster_candidates(x, labels, 0.95, block_rows=block_rows)
+    assert np.all(a < b)
+    a, b, cos = confirm_pairs(x, a, b, 0.95)
+    assert np.all(cos >= 0.95)
+    found = set(zip(a.tolist(), b.tolist(), strict=True))
+    assert len(found) == len(a)
+    assert found == _same_cluster_truth(truth, labels, rows)
+
+
+def test_subset_of_rows_maps_back_to_global_ids(small_set):
+    data, _ = small_set
+    x = checked_unit_rows(data.x)
+    rows = np.arange(1, len(data.x), 2)
+    labels = np.zeros(len(rows), dtype=np.int32)
+    a, b = within_cluster_candidates(x, labels, 0.95, rows=rows, block_rows=500)
+    a, b, _ = confirm_pairs(x, a, b, 0.95)
+    truth = brute_force_pairs(data.x[rows], 0.95)
+    assert set(zip(a.tolist(), b.tolist(), strict=True)) == {(rows[i], rows[j]) for i, j in truth}
+
+
+def test_no_pairs_gives_empty_int64_arrays():
+    x = np.eye(5, dtype=np.float32)
+    a, b = within_cluster_candidates(x, np.zeros(5, dtype=np.int32), 0.5)
+    assert a.dtype == np.int64 and len(a) == 0 and len(b) == 0

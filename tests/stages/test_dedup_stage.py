@@ -1,0 +1,82 @@
+"""The dedup stage and command over each kind of SOURCE: decisions by uid, pairs, resume, bad options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from sanitize.embeddings import write_embedding_shard
+from sanitize.errors import ConfigError
+from sanitize.manifest import open_manifest
+from sanitize.runfolder import RunFolder
+from sanitize.stages.dedup import run_dedup_stage
+from sanitize_cli import commands  # noqa: F401
+from sanitize_cli.main import cli
+
+
+def planted(n=600, d=32, seed=0):
+    """Unit rows where row 2i+1 is a near copy of row 2i for i < 20; the rest are independent."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    for i in range(20):
+        x[2 * i + 1] = x[2 * i] + 0.05 * rng.normal(size=d)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def run_with_embeddings(tmp_path):
+    x = planted()
+    uids = [f"u{i:04d}" for i in range(len(x))]
+    quality = np.arange(len(x)) % 7  # a column to keep by
+    manifest_dir = tmp_path / "in"
+    manifest_dir.mkdir()
+    for s, (lo, hi) in enumerate([(0, 300), (300, 600)]):
+        pq.write_table(pa.table({"uid": uids[lo:hi], "caption": ["c"] * (hi - lo), "quality": quality[lo:hi]}),
+                       manifest_dir / f"{s:05d}.parquet")
+    run = RunFolder.create(tmp_path / "run", open_manifest(manifest_dir))
+    for s, (lo, hi) in enumerate([(0, 300), (300, 600)]):
+        write_embedding_shard(run.embeddings_dir, s, x[lo:hi], None, pa.table({"uid": uids[lo:hi]}))
+    return run, quality
+
+
+def test_run_folder_decisions_per_shard_and_keep_by(run_with_embeddings):
+    run, quality = run_with_embeddings
+    stats = run_dedup_stage(run.path, threshold=0.95, n_clusterings=3, keep_by="quality", recall_sample=200)
+    assert stats["pairs"] == 20 and stats["removed"] == 20
+    decisions = pq.read_table(run.shard_path("dedup", 0)).to_pylist()
+    assert len(decisions) == 300 and run.is_done("dedup", 1)
+    for i in range(20):
+        a, b = decisions[2 * i], decisions[2 * i + 1]
+        kept, removed = (a, b) if quality[2 * i] >= quality[2 * i + 1] else (b, a)
+        assert kept["keep"] and not removed["keep"]
+        assert removed["duplicate_of"] == kept["uid"] and removed["reason"].startswith(f"duplicate_of:{kept['uid']}")
+    pairs = pq.read_table(run.stage_dir("dedup") / "pairs.parquet")
+    assert pairs.num_rows == 20 and set(pairs.column_names) == {"uid_a", "uid_b", "cosine", "clustering"}
+    before = run.shard_path("dedup", 1).read_bytes()
+    again = run_dedup_stage(run.path, threshold=0.95, n_clusterings=3, keep_by="quality", recall_sample=200)
+    assert again == stats and run.shard_path("dedup", 1).read_bytes() == before  # finished stage reused
+
+
+def test_npy_source_needs_out_and_writes_decisions(tmp_path):
+    np.save(tmp_path / "x.npy", planted())
+    with pytest.raises(ConfigError, match="--out is needed"):
+        run_dedup_stage(tmp_path / "x.npy")
+    result = CliRunner().invoke(cli, ["dedup", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o"),
+                                      "--clusterings", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["removed"] == 20
+    decisions = pq.read_table(tmp_path / "o" / "decisions.parquet")
+    assert decisions["uid"].to_pylist()[:2] == ["0", "1"] and decisions["keep"].to_pylist()[1] is False
+
+
+def test_bad_options_exit_2(tmp_path, run_with_embeddings):
+    run, _ = run_with_embeddings
+    runner = CliRunner()
+    assert runner.invoke(cli, ["dedup", str(run.path), "--threshold", "1.5"]).exit_code == 2
+    missing = runner.invoke(cli, ["dedup", str(run.path), "--keep-by", "nope"])
+    assert missing.exit_code == 2 and "--keep-by column 'nope' not found" in missing.stderr
