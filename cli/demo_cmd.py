@@ -30,11 +30,18 @@ def demo(out, rows, seed, workers, as_json):
         bar.close()
     stages = summary["stages"]
     embed, dedup, audit, export = stages["embed"], stages["dedup"], stages["audit"], stages["export"]
+    # The demo model has random weights: weak classifiers, so certified recall costs many rows (the point of
+    # certifying: it shows the price).
     truth = summary["versus_truth"]["dedup"]
     emit(summary, as_json, [
         f"sample: {summary['sample']} ({summary['rows']} rows)",
         f"embed: {embed['kept']} embedded, not embedded: "
         + (", ".join(f"{k} {v}" for k, v in embed["dropped"].items()) or "none"),
+        *(f"classify {name}: threshold {c['threshold']:.3f}, removes {c['removal_rate']:.1%}; "
+          + (f"recall >= {c['target_recall']:.0%} certified at {c['confidence']:.0%} (lower bound "
+             f"{c['recall_lower_bound']:.3f}, {c['audit_positives']} audit positives)" if c["certified"] else
+             f"NOT certified: {c['more_labels_needed']} more random-audit labels needed")
+          for name, c in stages["classify"]["categories"].items()),
         f"dedup: {dedup['pairs']} pairs, {dedup['removed']} rows removed; {truth['planted_pairs_found']} of the "
         f"{truth['planted_pairs']} planted near-duplicate pairs found (the demo model has random weights)",
         f"audit: {audit['flags']} flag(s); report: {audit['paths']['html']}",
