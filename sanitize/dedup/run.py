@@ -124,16 +124,16 @@ def find_duplicates(
     logger.info("exact path: %d of %d rows are exact copies of another row", len(members), n)
     report("exact", 1, 1)
 
-    k = n_clusters if n_clusters is not None else default_n_clusters(len(reps))
+    k = int(n_clusters) if n_clusters is not None else default_n_clusters(len(reps))
     if k > len(reps):
         raise ConfigError(f"n_clusters={k} is more than the {len(reps)} distinct rows; use at most {len(reps)}")
     key_base = {
         "data": data_fingerprint(x, exact_rep),
         "threshold": float(threshold),
         "n_clusters": k,
-        "max_points_per_centroid": max_points_per_centroid,
-        "kmeans_iterations": kmeans_iterations,
-        "clustering_dims": clustering_dims,
+        "max_points_per_centroid": int(max_points_per_centroid),
+        "kmeans_iterations": int(kmeans_iterations),
+        "clustering_dims": None if clustering_dims is None else int(clustering_dims),
     }
     projection = None
     if clustering_dims is not None and clustering_dims < view.shape[1]:
@@ -195,10 +195,10 @@ def find_duplicates(
         "removed": int(removed.sum()),
         "kept": int(decisions.keep.sum()),
         "threshold": float(threshold),
-        "n_clusterings": n_clusterings,
+        "n_clusterings": int(n_clusterings),
         "n_clusters": k,
-        "seed": seed,
-        "refuse_chains": refuse_chains,
+        "seed": int(seed),
+        "refuse_chains": bool(refuse_chains),
         "device": "gpu" if faiss_gpu_count() > 0 else "cpu",
         "clusterings": clustering_stats,
         "seconds": seconds,

@@ -102,7 +102,7 @@ def test_worker_count_does_not_change_the_output(small_set, five):
 
 def test_resume_from_checkpoints_gives_the_same_output(small_set, tmp_path, caplog):
     data, _ = small_set
-    options = dict(n_clusterings=3, n_clusters=8, seed=7, recall_sample=0)
+    options = dict(n_clusterings=3, n_clusters=np.int64(8), seed=7, recall_sample=0)
     first = find_duplicates(data.x, checkpoint_dir=tmp_path, **options)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"clustering_{c:03d}.{ext}" for c in range(3) for ext in ("done.json", "parquet")
@@ -212,6 +212,14 @@ def test_bad_data(change, error, message):
     change(x)
     with pytest.raises(error, match=message):
         find_duplicates(x)
+
+
+def test_progress_reports_every_phase():
+    calls = []
+    find_duplicates(_unit_rows(), n_clusterings=2, n_clusters=2, recall_sample=10,
+                    progress=lambda phase, done, total: calls.append((phase, done, total)))
+    assert calls == [("check", 1, 1), ("exact", 1, 1), ("clustering", 1, 2), ("clustering", 2, 2), ("groups", 1, 1),
+                     ("recall", 1, 1)]
 
 
 def test_keep_values_must_be_one_per_row():
