@@ -69,6 +69,11 @@ class EmbeddingSource:
     def n_shards(self) -> int:
         return len(self._parts)
 
+    @property
+    def parquet_files(self) -> list[Path]:
+        """The parquet files of a parquet source (empty for other layouts)."""
+        return [part["path"] for part in self._parts if "path" in part]
+
     def shards(self) -> Iterator[EmbeddingShard]:
         """Yield validated shards in order. Raises DataError naming the file and row of the first problem."""
         for index in range(len(self._parts)):

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sanitize import atomic
 from sanitize.dedup import find_duplicates
@@ -150,13 +151,13 @@ def _side_columns(source, run: RunFolder | None, embeddings: EmbeddingSource, ui
         frame = pl.concat(tables, how="diagonal")
     elif embeddings.kind == "parquet":
         frames = []
-        for part in embeddings._parts:
-            names = read_parquet(part["path"]).column_names
+        for path in embeddings.parquet_files:
+            names = pq.read_schema(path).names
             wanted = [c for c in columns if c in names]
             id_name = embeddings.id_col or next((c for c in ("uid", "key", "id") if c in names), None)
             if not id_name:
                 return {}
-            frames.append(pl.from_arrow(read_parquet(part["path"], columns=[id_name, *wanted]))
+            frames.append(pl.from_arrow(read_parquet(path, columns=[id_name, *wanted]))
                           .rename({id_name: "uid"}).with_columns(pl.col("uid").cast(pl.String)))
         frame = pl.concat(frames, how="diagonal")
     elif embeddings.kind == "clip-retrieval":

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from sanitize.embed import OK, embed_shard
 from sanitize.embeddings import write_embedding_shard
@@ -54,7 +55,7 @@ def run_embed_stage(
     for index in range(len(manifest.files)):
         if run.is_done(STAGE, index):
             if progress is not None:
-                progress(manifest.read_shard(index).table.num_rows)
+                progress(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
             continue
         shard = manifest.read_shard(index)
         result = embed_shard(shard.table, model, image_root=manifest.image_root, tar_path=shard.tar_path,

@@ -80,3 +80,17 @@ def test_bad_options_exit_2(tmp_path, run_with_embeddings):
     assert runner.invoke(cli, ["dedup", str(run.path), "--threshold", "1.5"]).exit_code == 2
     missing = runner.invoke(cli, ["dedup", str(run.path), "--keep-by", "nope"])
     assert missing.exit_code == 2 and "--keep-by column 'nope' not found" in missing.stderr
+
+
+def test_parquet_source_keeps_by_its_own_column(tmp_path):
+    x = planted(n=200)
+    quality = np.arange(200)[::-1].copy()  # later rows are worse, so the first of each pair is kept
+    quality[1] = 1000  # except pair (0, 1): row 1 wins
+    table = pa.table({"uid": [f"p{i}" for i in range(200)], "quality": quality,
+                      "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
+    pq.write_table(table, tmp_path / "emb.parquet")
+    run_dedup_stage(tmp_path / "emb.parquet", out=tmp_path / "o", keep_by="quality", n_clusterings=2,
+                    recall_sample=50)
+    decisions = pq.read_table(tmp_path / "o" / "decisions.parquet").to_pylist()
+    assert decisions[0]["keep"] is False and decisions[0]["duplicate_of"] == "p1"
+    assert decisions[2]["keep"] is True and decisions[3]["duplicate_of"] == "p2"
