@@ -3,7 +3,7 @@
 Everything here takes counts (numpy arrays, one entry per group) and returns arrays or floats. Undefined
 quantities (a rate of a group with zero rows, a ratio when the reference group lost no rows, a χ² test when a
 stage removed nothing) come back as NaN — never a division-by-zero warning, never an exception — and
-`group_statistics` says why in its `notes`.
+`group_statistics` says why in its `notes`. Wilson intervals come from `sanitize.intervals`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats as sps
 
-Z95 = 1.959963984540054
+from sanitize.intervals import normal_quantile, wilson_interval
 
-
-def _z(confidence: float) -> float:
-    return Z95 if confidence == 0.95 else float(sps.norm.ppf(0.5 + confidence / 2))
+_z = normal_quantile
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -28,20 +26,6 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     out = np.full(np.broadcast(num, den).shape, np.nan)
     np.divide(num, den, out=out, where=den != 0)
     return out
-
-
-def wilson_interval(successes, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a binomial proportion, elementwise. n == 0 gives (NaN, NaN)."""
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    z2 = _z(confidence) ** 2
-    p = _ratio(k, n)
-    centre = _ratio(k + z2 / 2, n + z2)
-    with np.errstate(invalid="ignore"):
-        half = _z(confidence) * np.sqrt(np.clip(p * (1 - p) * n + z2 / 4, 0, None)) / (n + z2)
-    lo = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-    hi = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
-    return lo, hi
 
 
 def rate_ratio(a, n1, c, n2, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

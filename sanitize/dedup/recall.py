@@ -11,12 +11,11 @@ that are found or missed together), so the Wilson interval is computed on the ef
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 
 import numpy as np
 
+from sanitize import intervals
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, pair_keys
 from sanitize.dedup.parallel import ordered_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
@@ -54,13 +53,10 @@ def wilson_interval(successes: float, trials: float, confidence: float = 0.95) -
         raise ConfigError(f"trials must be positive, got {trials}")
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    low = 0.0 if successes <= 0 else max(0.0, centre - half)
-    high = 1.0 if successes >= trials else min(1.0, centre + half)
+    low, high = (float(v) for v in intervals.wilson_interval(successes, trials, confidence))
+    # the interval's ends are exactly 0 and 1 at the extremes; keep them so, whatever the rounding
+    low = 0.0 if successes <= 0 else low
+    high = 1.0 if successes >= trials else high
     return low, high
 
 

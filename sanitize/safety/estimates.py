@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
+from scipy import special
 
+from sanitize import intervals
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -166,16 +167,8 @@ def clopper_pearson(
 def wilson(successes: ArrayLike, trials: ArrayLike, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Two-sided Wilson score interval for successes / trials; vectorised. 0 trials give [0, 1]."""
     confidence = check_level(confidence, "confidence")
-    x = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(trials, dtype=np.float64)
-    z = stats.norm.ppf(1 - (1 - confidence) / 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = x / n
-        denom = 1 + z * z / n
-        centre = (p + z * z / (2 * n)) / denom
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    empty = n <= 0
-    return np.where(empty, 0.0, np.clip(centre - half, 0, 1)), np.where(empty, 1.0, np.clip(centre + half, 0, 1))
+    lo, hi = intervals.wilson_interval(successes, trials, confidence)
+    return np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=1.0)
 
 
 def weighted_proportion(hit: np.ndarray, weights: np.ndarray | None, confidence: float) -> Estimate:
