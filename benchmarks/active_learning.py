@@ -22,6 +22,7 @@ memmap on disk (the layout of a real embedding folder), read block by block.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -269,6 +270,13 @@ def main() -> None:
         result["query_time"] = query_times(sizes, timed, d=512, seed=0, log=log)
         print("### Query time of one round (n=50, 500 labels, 512-d float16 memmap)\n")
         print(table_times(result["query_time"]) + "\n")
+    if RESULTS.exists() and (args.skip_labels or args.skip_timing):
+        # A partial run keeps the other part's latest numbers (with the machine they were measured on).
+        previous = json.loads(RESULTS.read_text())
+        for part in ("labels_needed", "labels_needed_seconds", "query_time"):
+            if part not in result and part in previous:
+                result[part] = previous[part]
+                result.setdefault("kept_from_previous_run", {})[part] = previous.get("machine")
     write_json(RESULTS, result)
     print(f"results: {RESULTS.relative_to(REPO)}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,14 +115,22 @@ class EmbeddingClassifier(ClassifierMixin, BaseEstimator):
 
     def positive_proba(self, X: np.ndarray) -> np.ndarray:
         """P(category) per row, shape (n,), float32."""
-        z = self.decision_function(X)
-        # Split by sign so exp never overflows.
-        out = np.empty_like(z)
-        pos = z >= 0
-        out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-        ez = np.exp(z[~pos])
-        out[~pos] = ez / (1.0 + ez)
-        return out
+        return _sigmoid(self.decision_function(X))
+
+    def positive_proba_projected(self, project: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """P(category) per row, given `project(W)` that returns ``rows @ W`` (n, k) for a (d, k) matrix.
+
+        Lets a caller multiply rows it keeps in another precision (float16 pool blocks, see
+        `sanitize.safety.pool.Block.project`); the input standardisation is folded into the first layer.
+        Equals `positive_proba` up to the caller's rounding.
+        """
+        W, b = self.layers_[0]
+        if self.input_mean_ is not None:
+            W, b = W / self.input_std_[:, None], b - (self.input_mean_ / self.input_std_) @ W
+        h = project(W) + b
+        for W, b in self.layers_[1:]:
+            h = np.maximum(h, 0.0) @ W + b
+        return _sigmoid(np.asarray(h[:, 0], dtype=np.float32))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 2): column 0 is P(not category), column 1 is P(category)."""
@@ -273,6 +282,16 @@ def load_classifier(path: str | Path, *, dim: int | None = None) -> EmbeddingCla
         )
     clf.metadata_ = meta
     return clf
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    # Split by sign so exp never overflows.
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
 
 
 def _check_training_data(X: np.ndarray, y: np.ndarray, min_per_class: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,18 @@
 """The unlabelled pool: uids and CLIP image embeddings, in memory, memory-mapped, or streamed shard by shard.
 
 Strategies and status only ever read the pool block by block, so one code path serves a 1k-row test
-array and a 10M-row memmap. Blocks are handed out as float32 (embeddings are stored as float16 on disk);
-NaN or infinite rows are an error (`DataError` naming the uid and global row): a non-finite embedding
-means a broken embedding shard, and silently skipping it would hide the problem.
+array and a 10M-row memmap. A block keeps the rows as stored (float16 on disk) and converts them to float32
+only when asked: on a 10M-row pool that conversion, not the scoring, was most of a labeling round, so the
+round's scan multiplies float16 blocks directly (`Block.project`, 5-10x faster). NaN or infinite rows are an
+error (`DataError` naming the uid and global row): a non-finite embedding means a broken embedding shard, and
+silently skipping it would hide the problem.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,15 +21,64 @@ from sanitize.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_ROWS = 65_536
+# Measured on a 2-core x86 machine, 65k x 512 block: float16 matrix-vector 5-8x faster than converting first;
+# at 8 columns they break even; at 64 columns float16 is 4x slower (no fast float16 GEMM kernel on CPUs).
+HALF_PRODUCT_MAX_COLUMNS = 4
 
 
-@dataclass(frozen=True)
 class Block:
-    """A contiguous slice of the pool: `start` is the global row of its first row."""
+    """A contiguous slice of the pool: `start` is the global row of its first row, `raw` the rows as stored."""
 
-    start: int
-    uids: np.ndarray
-    X: np.ndarray  # (rows, d) float32
+    def __init__(self, start: int, uids: np.ndarray, raw: np.ndarray) -> None:
+        self.start = start
+        self.uids = uids
+        self.raw = raw
+        self._X: np.ndarray | None = None
+
+    @property
+    def X(self) -> np.ndarray:
+        """The rows as float32 (converted once, then cached); DataError when a row is NaN or infinite."""
+        if self._X is None:
+            X = np.asarray(self.raw, dtype=np.float32)
+            _check_finite(self.uids, X, self.start)
+            self._X = X
+        return self._X
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 copies of just the given rows (block-relative indices)."""
+        return np.asarray(self.raw[rows], dtype=np.float32) if self._X is None else self._X[rows]
+
+    def project(self, W: np.ndarray) -> np.ndarray:
+        """``rows @ W`` for a (d, k) matrix, as float32 (n, k); DataError when a row is NaN or infinite.
+
+        float16 blocks times a narrow W (a classifier's weights, a few prompts) are multiplied in float16 by
+        torch (float32 accumulation, results rounded to float16: ~3 significant digits, enough to rank rows)
+        instead of being converted first; a wider W is a real GEMM, faster in float32 after conversion. Results that
+        are not finite are recomputed in float32, so only a truly non-finite row raises.
+        """
+        W = np.asarray(W, dtype=np.float32)
+        if (self._X is not None or self.raw.dtype != np.float16 or len(self.uids) == 0
+                or W.shape[1] > HALF_PRODUCT_MAX_COLUMNS):
+            return self.X @ W
+        import torch
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Memory-mapped shards are read-only; the product only reads them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            rows = torch.from_numpy(np.ascontiguousarray(self.raw))
+            out = (rows @ torch.from_numpy(W).half()).float().numpy()
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if len(bad):  # a non-finite embedding, or a product beyond float16's range
+            rows = self.rows(bad)
+            broken = bad[~np.isfinite(rows.sum(axis=1))]
+            if len(broken):
+                _raise_non_finite(self.uids, broken, self.start)
+            out[bad] = rows @ W
+        return out
+
+    def check_finite(self) -> None:
+        """DataError naming the first NaN or infinite row, without converting the block to float32."""
+        self.project(np.ones((self.raw.shape[1], 1), np.float32))
 
 
 class EmbeddingPool:
@@ -82,7 +133,7 @@ class EmbeddingPool:
         return len(self._uids)
 
     def blocks(self) -> Iterator[Block]:
-        """Yield the pool as float32 blocks, checking that every row is finite."""
+        """Yield the pool block by block; rows are checked for NaN/inf when a block is converted or projected."""
         start = 0
         for uids, X in self._raw_blocks():
             uids = np.asarray(uids)
@@ -91,9 +142,7 @@ class EmbeddingPool:
                     f"pool block at row {start}: {len(uids)} uids and embeddings of shape {X.shape},"
                     f" expected (rows, {self.dim})"
                 )
-            X32 = np.asarray(X, dtype=np.float32)
-            _check_finite(uids, X32, start)
-            yield Block(start=start, uids=uids, X=X32)
+            yield Block(start, uids, X)
             start += len(uids)
 
     def _raw_blocks(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
@@ -181,13 +230,15 @@ _HASH_WEIGHTS = np.random.default_rng(20240601).integers(1, 2**62, size=64, dtyp
 
 def _check_finite(uids: np.ndarray, X: np.ndarray, start: int | None) -> None:
     # Summing rows is cheaper than isfinite over the whole matrix and catches NaN and inf alike.
-    bad = ~np.isfinite(X.sum(axis=1)) if X.size else np.zeros(len(uids), dtype=bool)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        where = f"row {start + first}" if start is not None else "gathered row"
-        raise DataError(
-            f"pool: {int(bad.sum())} embeddings are NaN or infinite; first: uid {str(uids[first])!r} ({where})"
-        )
+    bad = np.flatnonzero(~np.isfinite(X.sum(axis=1))) if X.size else np.zeros(0, dtype=np.int64)
+    if len(bad):
+        _raise_non_finite(uids, bad, start)
+
+
+def _raise_non_finite(uids: np.ndarray, bad: np.ndarray, start: int | None) -> None:
+    first = int(bad[0])
+    where = f"row {start + first}" if start is not None else "gathered row"
+    raise DataError(f"pool: {len(bad)} embeddings are NaN or infinite; first: uid {str(uids[first])!r} ({where})")
 
 
 def _preview(values: np.ndarray, k: int = 5) -> str:

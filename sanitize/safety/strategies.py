@@ -13,8 +13,10 @@ Strategies (`STRATEGIES`):
   bootstraps of the labels; rows where members disagree most (max KL from the consensus).
 - ``flagged`` — DALL·E 2: rows the model flags at the threshold that keeps ~100% of the known positives
   (`flag_recall`), most confident first; their labels expose the filter's false positives.
-- ``missed_neighbours`` — DALL·E 2: FAISS nearest neighbours of known positives that the model scores below
-  `threshold`; their labels expose false negatives. Picks rotate over the positives they are nearest to.
+- ``missed_neighbours`` — DALL·E 2: nearest neighbours of known positives that the model scores below
+  `threshold`; their labels expose false negatives. Picks rotate over the positives they are nearest to. The
+  search is exact inner product (what FAISS's IndexFlatIP computes), done as one float16 product per pool
+  block against the positives, so it rides on the same single pass as the scoring.
 - ``random`` — a seeded uniform sample (the baseline, and `random-audit` labels).
 `rank_by_prompts` is the cold start: similarity to the category's text prompts, before any positive exists.
 
@@ -39,7 +41,7 @@ from sklearn.base import BaseEstimator
 
 from sanitize.errors import ConfigError, DataError
 from sanitize.safety.classifier import TRAINABLE_KINDS, EmbeddingClassifier
-from sanitize.safety.pool import EmbeddingPool, member_mask
+from sanitize.safety.pool import Block, EmbeddingPool, member_mask
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +136,14 @@ def select_batch(
         if len(positives) == 0:
             raise DataError("strategy 'flagged' needs at least one labelled positive")
         flag_at = recall_threshold(positives, flag_recall)
-        best = _scan(pool, classifier, labelled, n, rank=lambda p, X: {"key": p}, keep=lambda p: p >= flag_at)
+        best = _scan(pool, classifier, labelled, n, rank=lambda p, block: {"key": p}, keep=lambda p: p >= flag_at)
         reason = f"flagged at P≥{flag_at:.3f} (keeps {flag_recall:.0%} of {len(positives)} known positives)"
         return _selection("flagged", best, [f"{reason}: P={p:.3f}" for p in best["p"]])
     if strategy == "missed_neighbours":
         return _missed_neighbours(
             pool, classifier, labelled, X_lab, lab_uids, y, n, threshold, rng, max_neighbour_queries
         )
-    best = _scan(pool, classifier, labelled, n, rank=lambda p, X: {"key": rng.random(len(p))})
+    best = _scan(pool, classifier, labelled, n, rank=lambda p, block: {"key": rng.random(len(p))})
     return _selection("random", best, ["random sample"] * len(best["p"]))
 
 
@@ -167,8 +169,8 @@ def rank_by_prompts(
         raise ConfigError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     labelled = set(np.asarray(labelled_uids, dtype=str).tolist())
 
-    def similarity(p, X):
-        sims = X @ Q.T
+    def similarity(p, block):
+        sims = block.project(Q.T)
         return {"key": sims.max(axis=1) if reduce == "max" else sims.mean(axis=1), "prompt": sims.argmax(axis=1)}
 
     best = _scan(pool, None, labelled, n, rank=similarity)
@@ -197,7 +199,7 @@ def random_sample(
         raise ConfigError(f"batch size n must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
     labelled = set(np.asarray(labelled_uids, dtype=str).tolist())
-    best = _scan(pool, None, labelled, n, rank=lambda p, X: {"key": rng.random(len(p))})
+    best = _scan(pool, None, labelled, n, rank=lambda p, block: {"key": rng.random(len(p))})
     best["p"] = np.full(len(best["uid"]), np.nan, np.float32)
     return _selection("random", best, ["random sample (no classifier yet)"] * len(best["uid"]))
 
@@ -222,13 +224,18 @@ def recall_threshold(positive_scores: np.ndarray, recall: float) -> float:
 def _scan(pool, classifier, labelled, capacity, *, rank, keep=None) -> dict[str, np.ndarray]:
     """One pass over the pool: the `capacity` unlabelled rows with the largest key, ties broken by row.
 
-    `rank(p, X)` returns a dict with "key" (n,) and any extra per-row arrays to keep; `keep(p)` optionally
+    `rank(p, block)` returns a dict with "key" (n,) and any extra per-row arrays to keep; `keep(p)` optionally
     filters rows first. Returns arrays ``key, row, uid, X, p`` plus the extras, sorted by key descending.
+    Blocks are scored as stored (`Block.project`): only the surviving rows are converted to float32.
     """
     best: dict[str, np.ndarray] | None = None
     for block in pool.blocks():
-        p = classifier.positive_proba(block.X) if classifier is not None else np.zeros(len(block.uids), np.float32)
-        ranked = rank(p, block.X)
+        if classifier is not None:
+            p = classifier.positive_proba_projected(block.project)
+        else:
+            block.check_finite()
+            p = np.zeros(len(block.uids), np.float32)
+        ranked = rank(p, block)
         key = np.asarray(ranked.pop("key"), dtype=np.float64)
         eligible = ~member_mask(block.uids, labelled)
         if keep is not None:
@@ -241,7 +248,8 @@ def _scan(pool, classifier, labelled, capacity, *, rank, keep=None) -> dict[str,
         if len(rows) == 0:
             continue
         # Only the surviving rows are copied: a full-block copy would cost as much as scoring it.
-        part = {"key": key[rows], "row": block.start + rows, "uid": block.uids[rows], "X": block.X[rows], "p": p[rows]}
+        part = {"key": key[rows], "row": block.start + rows, "uid": block.uids[rows], "X": block.rows(rows),
+                "p": p[rows]}
         part.update({name: np.asarray(v)[rows] for name, v in ranked.items()})
         if best is not None:
             part = {name: np.concatenate([best[name], v]) for name, v in part.items()}
@@ -251,7 +259,7 @@ def _scan(pool, classifier, labelled, capacity, *, rank, keep=None) -> dict[str,
         logger.info("no unlabelled pool rows qualify")
         X = np.zeros((0, pool.dim), np.float32)
         p = np.zeros(0, np.float32)
-        extras = {name: np.zeros(0, v.dtype) for name, v in rank(p, X).items()}
+        extras = {name: np.zeros(0, v.dtype) for name, v in rank(p, Block(0, np.zeros(0, str), X)).items()}
         best = {**extras, "key": np.zeros(0), "row": np.zeros(0, np.int64), "uid": np.zeros(0, str), "X": X, "p": p}
     return best
 
@@ -367,20 +375,18 @@ def _stratified_bootstrap(y: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def _missed_neighbours(pool, classifier, labelled, X_lab, lab_uids, y, n, threshold, rng, max_queries) -> Selection:
-    import faiss
-
     pos = np.flatnonzero(y == 1)
     if len(pos) == 0:
         raise DataError("strategy 'missed_neighbours' needs at least one labelled positive")
     if len(pos) > max_queries:
         # Each query costs one pass of dot products over the pool; a seeded sample bounds the round's time.
         pos = np.sort(rng.choice(pos, size=max_queries, replace=False))
-    index = faiss.IndexFlatIP(pool.dim)
-    index.add(np.ascontiguousarray(X_lab[pos], dtype=np.float32))
+    positives_T = np.ascontiguousarray(X_lab[pos].T, dtype=np.float32)
 
-    def nearest_positive(p, X):
-        sims, which = index.search(np.ascontiguousarray(X), 1)
-        return {"key": sims[:, 0], "nearest": which[:, 0]}
+    def nearest_positive(p, block):
+        sims = block.project(positives_T)
+        which = sims.argmax(axis=1)
+        return {"key": sims[np.arange(len(which)), which], "nearest": which}
 
     capacity = max(4 * n, n + len(pos))
     best = _scan(pool, classifier, labelled, capacity, rank=nearest_positive, keep=lambda p: p < threshold)

@@ -94,6 +94,45 @@ def test_memmap_float16_pool(tmp_path, world):
     assert len(chosen) == 5 and chosen.scores.dtype == np.float32
 
 
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_float16_pool_picks_what_the_float32_pool_picks(world, strategy):
+    # The scan multiplies float16 blocks without converting them; its rounding must not change the picks
+    # beyond near-ties (uncertainty keys of float16 and float32 scores agree to ~1e-3).
+    uids, X, _y, _, labels, clf = world
+    X16 = X.astype(np.float16)
+    a = select_batch(strategy, clf, EmbeddingPool(uids, X16, block_rows=300), labels, 20, seed=3)
+    b = select_batch(strategy, clf, EmbeddingPool(uids, X16.astype(np.float32), block_rows=300), labels, 20, seed=3)
+    assert len(set(a.uids) & set(b.uids)) >= 18
+    assert np.allclose(np.sort(a.scores), np.sort(b.scores), atol=5e-3)
+
+
+def test_float16_block_projection_matches_float32_and_finds_bad_rows():
+    from sanitize.safety.pool import Block
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, D)).astype(np.float16)
+    W = rng.standard_normal((D, 3)).astype(np.float32)
+    uids = np.array([f"u{i}" for i in range(500)])
+    out = Block(1000, uids, X).project(W)
+    assert out.dtype == np.float32 and np.allclose(out, X.astype(np.float32) @ W, rtol=2e-3, atol=2e-2)
+    # A product beyond float16's range (65504) is recomputed in float32, not reported as a broken row.
+    big = np.full((2, D), 60000, np.float16)
+    assert np.allclose(Block(0, uids[:2], big).project(np.ones((D, 1), np.float32)), 60000.0 * D)
+    X[321, 7] = np.inf
+    with pytest.raises(DataError, match=r"first: uid 'u321' \(row 1321\)"):
+        Block(1000, uids, X).project(W)
+    with pytest.raises(DataError, match="u321"):
+        Block(1000, uids, X).check_finite()
+
+
+def test_mlp_projected_scores_equal_direct_scores(world):
+    uids, X, _y, _, labels, _ = world
+    rows = np.searchsorted(uids, labels[0])
+    clf = EmbeddingClassifier(kind="mlp", hidden_layer_sizes=(8,), max_iter=50).fit(X[rows], labels[1])
+    clf.input_mean_, clf.input_std_ = X.mean(axis=0), X.std(axis=0) + 0.1  # as LAION's heads carry
+    assert np.allclose(clf.positive_proba_projected(lambda W: X @ W), clf.positive_proba(X), atol=1e-5)
+
+
 def test_random_depends_on_seed(world):
     uids, X, _y, _, labels, clf = world
     a = select_batch("random", clf, (uids, X), labels, 20, seed=1).uids.tolist()
