@@ -260,3 +260,36 @@ def test_init_refuses_a_different_spec_and_reserved_names(embedded, tmp_path):
     invoke("label", "init", tmp_path / "q", "--spec", other)
     result = invoke("label", "next", "embed", "--project", tmp_path / "q", "--run", run, ok=False)
     assert result.exit_code == 2 and "reserved" in result.stderr
+
+
+def test_seed_import_by_image_path(tmp_path):
+    """Seeds that name images by path (as in the manifest, or by file name) are mapped to uids; unknown paths are
+    rejected with the list."""
+    info = make_sample(tmp_path / "sample", n_rows=120, seed=2, layout="files", n_shards=1)
+    manifest = open_manifest(info.manifest)
+    run = RunFolder.create(tmp_path / "run", manifest)
+    run_embed_stage(manifest, run, load_clip("sanitize-demo-clip", None, device="cpu", seed=0), batch_size=64,
+                    num_workers=0)
+    meta = pl.concat([pl.read_parquet(p) for p in sorted((run.embeddings_dir / "metadata").glob("*"))])
+    truth = pl.read_parquet(info.truth).join(meta.select("uid", "image"), on="uid")
+    pos = truth.filter(pl.col("sexual") == 1).head(6)
+    neg = truth.filter(pl.col("sexual") == 0).head(20)
+    rows = pl.concat([pos, neg])
+    # Half the rows by the manifest's relative path, half by bare file name (what a labeling tool exports).
+    paths = [p if i % 2 else Path(p).name for i, p in enumerate(rows["image"].to_list())]
+    seeds = tmp_path / "seeds.csv"
+    pl.DataFrame({"path": paths, "label": rows["sexual"].to_list()}).write_csv(seeds)
+    project = tmp_path / "project"
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    invoke("label", "init", project, "--spec", spec)
+    out = json.loads(invoke("label", "import", "sexual", seeds, "--project", project, "--run", run.path,
+                            "--json").stdout)
+    assert out["source"] == "seed" and out["added"] == rows.height
+    stored = pq.read_table(project / "labels" / "sexual.parquet").to_pydict()
+    assert dict(zip(stored["uid"], stored["label"], strict=True)) == dict(zip(rows["uid"].to_list(),
+                                                                             rows["sexual"].to_list(), strict=True))
+    bad = tmp_path / "bad.csv"
+    pl.DataFrame({"path": ["images/nope.jpg", paths[0]], "label": [1, 0]}).write_csv(bad)
+    result = invoke("label", "import", "sexual", bad, "--project", project, "--run", run.path, ok=False)
+    assert result.exit_code == 1 and "1 image paths are not in the dataset: images/nope.jpg" in result.output
