@@ -8,4 +8,6 @@ from sanitize_cli import (  # noqa: F401
     demo_cmd,
     embed_cmd,
     label_cmds,
+    label_serve_cmd,
+    run_cmd,
 )

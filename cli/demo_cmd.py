@@ -6,6 +6,7 @@ import click
 from tqdm import tqdm
 
 from sanitize.demo import run_demo
+from sanitize.pipeline import format_table
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 
@@ -15,9 +16,11 @@ from sanitize_cli.options import json_option
 @click.option("--rows", default=1200, show_default=True, type=click.IntRange(100, 2000), help="Sample size.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample and of the demo model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the pipeline in this process or on a local Ray.")
 @json_option
-def demo(out, rows, seed, workers, as_json):
-    """Generate a sample (images, captions, near-duplicates, broken files) in OUT and run the pipeline on it."""
+def demo(out, rows, seed, workers, engine, as_json):
+    """Generate a sample (images, captions, near-duplicates, broken files) in OUT and run `sanitize run` on it."""
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, n: int) -> None:
@@ -25,26 +28,24 @@ def demo(out, rows, seed, workers, as_json):
             bars[stage] = tqdm(total=rows, desc=stage, unit="row", disable=as_json, leave=False)
         bars[stage].update(n)
 
-    summary = run_demo(out, n_rows=rows, seed=seed, workers=workers, progress=progress)
+    summary = run_demo(out, n_rows=rows, seed=seed, workers=workers, engine=engine, progress=progress)
     for bar in bars.values():
         bar.close()
-    stages = summary["stages"]
-    embed, dedup, audit, export = stages["embed"], stages["dedup"], stages["audit"], stages["export"]
     # The demo model has random weights: weak classifiers, so certified recall costs many rows (the point of
     # certifying: it shows the price).
     truth = summary["versus_truth"]["dedup"]
     emit(summary, as_json, [
-        f"sample: {summary['sample']} ({summary['rows']} rows)",
-        f"embed: {embed['kept']} embedded, not embedded: "
-        + (", ".join(f"{k} {v}" for k, v in embed["dropped"].items()) or "none"),
+        f"sample: {summary['sample']} ({summary['rows']} rows); config: {summary['config']}",
         *(f"classify {name}: threshold {c['threshold']:.3f}, removes {c['removal_rate']:.1%}; "
           + (f"recall >= {c['target_recall']:.0%} certified at {c['confidence']:.0%} (lower bound "
              f"{c['recall_lower_bound']:.3f}, {c['audit_positives']} audit positives)" if c["certified"] else
              f"NOT certified: {c['more_labels_needed']} more random-audit labels needed")
-          for name, c in stages["classify"]["categories"].items()),
-        f"dedup: {dedup['pairs']} pairs, {dedup['removed']} rows removed; {truth['planted_pairs_found']} of the "
-        f"{truth['planted_pairs']} planted near-duplicate pairs found (the demo model has random weights)",
-        f"audit: {audit['flags']} flag(s); report: {audit['paths']['html']}",
-        f"export: kept {export['kept']} of {export['rows']} rows -> {export['out']}",
-        f"run folder: {summary['run']}",
+          for name, c in summary["categories"].items()),
+        f"dedup: {truth['planted_pairs_found']} of the {truth['planted_pairs']} planted near-duplicate pairs "
+        f"found, {truth['pairs_found']} pairs in all (the demo model has random weights)",
+        "",
+        *format_table(summary),
+        "",
+        f"audit report: {summary['totals']['report']}",
+        f"rerun or resume: sanitize run {summary['sample']}/shards --config {summary['config']} --out {summary['run']}",
     ])

@@ -1,4 +1,4 @@
-"""The offline demo: generate a sample, run the pipeline on it, and score the result against the planted truth.
+"""The offline demo: generate a sample, run the pipeline (`sanitize run`) on it, score it against the planted truth.
 
 Nothing is downloaded. CLIP weights cannot be assumed on a fresh machine, so the demo embeds with
 `sanitize-demo-clip`, a small open_clip architecture shipped as data (sanitize/resources/models) with seeded random
@@ -15,17 +15,13 @@ from typing import Any
 
 import polars as pl
 
+from sanitize import atomic
+from sanitize.config import default_config, to_toml
 from sanitize.errors import ConfigError
-from sanitize.export import export_run
-from sanitize.manifest import open_manifest
-from sanitize.models import load_clip
+from sanitize.pipeline import run_pipeline
 from sanitize.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
 from sanitize.runfolder import RunFolder
 from sanitize.sample import make_sample
-from sanitize.stages.audit import run_audit_stage
-from sanitize.stages.classify import run_classify_stage
-from sanitize.stages.dedup import run_dedup_stage
-from sanitize.stages.embed import run_embed_stage
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +49,27 @@ confidence = 0.8
 DEMO_ROUNDS = ("uncertainty", "ranked_batch", "missed_neighbours")
 
 
-def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, workers: int = 2,
-             progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
-    """Write a sample under OUT/sample and a run under OUT/run; return a summary with paths and stage stats.
+def demo_config(out: Path, *, seed: int = 0, workers: int = 2, engine: str = "local") -> dict[str, dict[str, Any]]:
+    """The pipeline config of the demo (written to OUT/sanitize.toml): the demo model, the scripted project,
+    the demo's dedup threshold and audit attributes."""
+    config = default_config()
+    config["run"].update(seed=seed, engine=engine)
+    config["embed"].update(model=DEMO_MODEL, pretrained="none", device="cpu", batch_size=64, workers=workers)
+    config["classify"]["project"] = str(out / "project")
+    config["dedup"]["threshold"] = DEMO_DEDUP_THRESHOLD
+    config["audit"].update(attributes=list(DEMO_AUDIT_ATTRIBUTES), weight_on=["caption_gender"])
+    return config
 
-    Resumable like every run: rerunning on the same OUT reuses the sample and finished shards.
+
+def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, workers: int = 2, engine: str = "local",
+             progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    """Write a sample under OUT/sample, then run the pipeline (`sanitize run`) on it into OUT/run.
+
+    Between embed and classify a scripted labeler (the sample's planted truth) runs the labeling rounds a
+    safety team would run, into OUT/project. The config is written to OUT/sanitize.toml, so
+    ``sanitize run OUT/sample/shards --config OUT/sanitize.toml --out OUT/run`` repeats the pipeline.
+    Resumable like every run: rerunning on the same OUT reuses the sample and finished shards. Returns the
+    pipeline's summary plus paths and the dedup result against the planted truth.
     """
     out = Path(out)
     sample_dir = out / "sample"
@@ -65,18 +77,20 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
         if sample_dir.exists() and any(sample_dir.iterdir()):
             raise ConfigError(f"{sample_dir}: exists without sample.json; choose a new demo folder")
         make_sample(sample_dir, n_rows=n_rows, seed=seed)
-    manifest = open_manifest(sample_dir / "shards")
-    run = RunFolder.create(out / "run", manifest)
-    model = load_clip(DEMO_MODEL, None, device="cpu", seed=seed)
-    bar = (lambda n: progress("embed", n)) if progress else None
-    stats = {"embed": run_embed_stage(manifest, run, model, batch_size=64, num_workers=workers, progress=bar)}
+    manifest = sample_dir / "shards"
+    config = demo_config(out, seed=seed, workers=workers, engine=engine)
+    atomic.write_text(out / "sanitize.toml", to_toml(config))
+    embed_only = {**config, "run": {**config["run"], "stages": ["embed"]}}
+    embedded = run_pipeline(manifest, embed_only, out / "run", progress=progress)
+    run = RunFolder.open(out / "run")
     truth = pl.read_parquet(sample_dir / "truth.parquet")
-    project = scripted_labeling(out / "project", run, truth, seed=seed)
-    stats["classify"] = run_classify_stage(run, project)
-    stats["dedup"] = run_dedup_stage(run.path, threshold=DEMO_DEDUP_THRESHOLD, seed=seed)
-    stats["audit"] = run_audit_stage(run, attributes=DEMO_AUDIT_ATTRIBUTES, weight_on=["caption_gender"])
-    stats["export"] = export_run(run)
-    return {"sample": str(sample_dir), "run": str(run.path), "rows": truth.height, "stages": stats,
+    scripted_labeling(out / "project", run, truth, seed=seed)
+    summary = run_pipeline(manifest, config, out / "run")
+    # The second call only confirms the finished embed shards; report the call that embedded them.
+    summary["stages"] = [embedded["stages"][0] if r["stage"] == "embed" else r for r in summary["stages"]]
+    classify = run.stats().get("classify", {}).get("categories", [])
+    return {**summary, "sample": str(sample_dir), "config": str(out / "sanitize.toml"), "rows": truth.height,
+            "categories": {name: run.stats()[name] for name in classify},
             "versus_truth": {"dedup": dedup_versus_truth(run, truth)}}
 
 

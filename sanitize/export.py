@@ -5,15 +5,19 @@ OUT/
   kept/<input shard name>.parquet   input rows that no stage removed, columns and order as in the input
   removed.parquet                   uid, stages (list), reasons ("; "-joined), one row per removed uid
   _done/00000 …                     per-shard completion markers, written last
+  _removed.sha256                   digest of the removed uids the markers were written for
 ```
 A row is removed when any finished stage wrote ``keep == False`` for its uid. Rows a stage never saw (e.g. not
-embedded) are not removed by that stage. The input is only read.
+embedded) are not removed by that stage. The input is only read. When a stage's decisions change (a rerun with
+another config), the removed set changes, its digest no longer matches, and every shard is written again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -50,7 +54,13 @@ def export_run(run: RunFolder, out: str | os.PathLike | None = None) -> dict:
     manifest = run.manifest()
     removed = removed_rows(run)
     removed_set = pl.Series("uid", removed["uid"])
+    digest = hashlib.sha256("\n".join(removed["uid"].to_list()).encode()).hexdigest()
+    state = out / "_removed.sha256"
+    if state.exists() and state.read_text().strip() != digest:
+        logger.info("%s: the removed rows changed; writing every shard again", out)
+        shutil.rmtree(out / "_done", ignore_errors=True)
     atomic.write_parquet(out / "removed.parquet", removed.to_arrow())
+    atomic.write_text(state, digest + "\n")
     kept_total = rows_total = 0
     for index, _ in enumerate(manifest.files):
         shard = manifest.read_shard(index)

@@ -136,10 +136,13 @@ class RunFolder:
     def begin_stage(self, stage: str, config: dict[str, Any]) -> bool:
         """Record ``stage``'s config; returns True when finished shards from an equal config can be reused.
 
-        A different config for a stage that already has files removes those files (the stage reruns).
+        A different config for a stage that already has files removes those files (the stage reruns). The
+        fingerprint of every stage but embed includes embed's, so re-embedding reruns the stages after it.
         """
-        fp = config_fingerprint(config)
         info = self.info()
+        # Every later stage reads the embeddings: new embeddings make its finished shards stale too.
+        upstream = info.get("stages", {}).get("embed", {}).get("fingerprint") if stage != "embed" else None
+        fp = config_fingerprint({**config, "_embeddings": upstream} if upstream else config)
         previous = info.get("stages", {}).get(stage)
         if previous and previous.get("fingerprint") == fp:
             return True

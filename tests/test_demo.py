@@ -1,4 +1,4 @@
-"""The README's first command: `sanitize demo OUT` runs offline and leaves a complete run folder."""
+"""The README's first command: `sanitize demo OUT` runs the pipeline offline and leaves a complete run folder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 from click.testing import CliRunner
 
+from sanitize.config import load_config
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
@@ -16,24 +17,35 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     run = tmp_path / "demo" / "run"
-    assert summary["stages"]["embed"]["rows_in"] == 300
+    stages = {r["stage"]: r for r in summary["stages"]}
+    assert list(stages) == ["embed", "classify", "dedup", "audit", "export"]
+    assert stages["embed"]["rows_in"] == 300 and stages["embed"]["kept"] < 300  # the sample's broken images
     assert (run / "embeddings" / "img_emb" / "img_emb_00000.npy").exists()
     assert (run / "export" / "removed.parquet").exists()
-    kept = summary["stages"]["export"]["kept"]
+    assert summary["totals"]["report"].endswith("report.html")
+    kept = stages["export"]["kept"]
     assert 0 < kept < 300  # broken rows, filtered and duplicate rows are removed
+    assert json.loads((run / "stats.json").read_text())["pipeline"]["totals"]["kept"] == kept
     again = runner.invoke(cli, ["demo", str(tmp_path / "demo"), "--rows", "300", "--workers", "0", "--json"])
     assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["stages"]["export"] == summary["stages"]["export"]
+    assert {r["stage"]: r for r in json.loads(again.stdout)["stages"]}["export"]["kept"] == kept
 
 
-def test_demo_runs_every_stage(tmp_path):
+def test_demo_is_sanitize_run_with_its_written_config(tmp_path):
     from sanitize.demo import run_demo
 
     summary = run_demo(tmp_path / "d", n_rows=300, workers=0)
-    stages = summary["stages"]
-    assert set(stages) == {"embed", "classify", "dedup", "audit", "export"}
-    assert set(stages["classify"]["categories"]) == {"sexual", "violence"}
+    assert set(summary["categories"]) == {"sexual", "violence"}
     assert (tmp_path / "d" / "run" / "audit" / "report.html").exists()
     assert (tmp_path / "d" / "project" / "labels" / "sexual.parquet").exists()
     truth = summary["versus_truth"]["dedup"]
     assert truth["planted_pairs_found"] <= truth["pairs_found"]
+    # The written config reproduces the run: `sanitize run` on it finds every stage finished and changes nothing.
+    config = load_config(tmp_path / "d" / "sanitize.toml")
+    assert config["embed"]["model"] == "sanitize-demo-clip" and config["classify"]["project"]
+    removed = (tmp_path / "d" / "run" / "export" / "removed.parquet").read_bytes()
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "d" / "sample" / "shards"), "--config",
+                                      str(tmp_path / "d" / "sanitize.toml"), "--out", str(tmp_path / "d" / "run")])
+    assert result.exit_code == 0, result.output
+    assert "| dedup |" in result.output and "audit report:" in result.output
+    assert (tmp_path / "d" / "run" / "export" / "removed.parquet").read_bytes() == removed

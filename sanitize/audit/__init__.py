@@ -103,21 +103,26 @@ def run_audit(
     target: Mapping | None = None,
     weight_method: str | None = None,
     title: str = "Filter audit",
+    counts: Sequence[CountTable] | None = None,
 ) -> AuditResult:
     """Audit labelled shards and write report.json/.md/.html (and weights.parquet with `weight_on`) to `out_dir`.
 
     `shards` is a sequence of tables or a callable returning a fresh iterable (read twice when weighting:
     once to count, once to apply weights). Each table has `uid`, the attribute columns, `keep:<stage>` columns
-    and, for `keywords`, `caption`. Raises DataError / ConfigError as the steps do.
+    and, for `keywords`, `caption`. `counts`: the shards' `count_shard` tables when the caller computed them
+    already (e.g. on other workers); the shards are then read only to apply weights. Raises DataError /
+    ConfigError as the steps do.
     """
 
     def iterate() -> Iterable[Shard]:
         return shards() if callable(shards) else shards
 
-    parts = [
-        count_shard(t, attributes, stages, keywords=keywords, source=f"shard {i}") for i, t in enumerate(iterate())
-    ]
-    counts = merge_counts(parts)
+    if counts is None:
+        counts = [
+            count_shard(t, attributes, stages, keywords=keywords, source=f"shard {i}")
+            for i, t in enumerate(iterate())
+        ]
+    counts = merge_counts(counts)
     plan = None
     if weight_on:
         plan = weighting_plan(counts, weight_on, target=target, method=weight_method)

@@ -98,13 +98,15 @@ class WeightingPlan:
 
 def _shares(cells: pl.DataFrame, attribute: str, mass: np.ndarray) -> dict[str, float]:
     """Share of `mass` (one number per cell) in each group of `attribute`."""
-    agg = pl.DataFrame({"g": cells[attribute], "m": mass.astype(np.float64)}).group_by("g").agg(pl.col("m").sum())
+    # Sorted groups: float sums in a fixed order, so reruns (and other engines) give the same bits.
+    agg = (pl.DataFrame({"g": cells[attribute], "m": mass.astype(np.float64)})
+           .group_by("g").agg(pl.col("m").sum()).sort("g"))
     total = float(agg["m"].sum())
     return {g: (m / total if total else 0.0) for g, m in zip(agg["g"], agg["m"], strict=True)}
 
 
 def _shift(actual: Mapping[str, float], target: Mapping[str, float]) -> dict[str, float]:
-    groups = set(actual) | set(target)
+    groups = sorted(set(actual) | set(target))
     gaps = [abs(actual.get(g, 0.0) - target.get(g, 0.0)) for g in groups]
     return {"max_abs_pp": 100 * max(gaps, default=0.0), "tvd": 0.5 * sum(gaps)}
 

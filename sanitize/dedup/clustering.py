@@ -14,7 +14,7 @@ import math
 import faiss
 import numpy as np
 
-from sanitize.dedup.parallel import ordered_map
+from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows
 from sanitize.errors import ConfigError
 
@@ -131,26 +131,38 @@ def assign_clusters(
     batch_rows: int = ASSIGN_BATCH_ROWS,
     projection: np.ndarray | None = None,
     workers: int | None = None,
+    task_map: TaskMap | None = None,
 ) -> np.ndarray:
     """Nearest centroid (largest inner product) of each row in `x[rows]`, as (len(rows),) int32.
 
     Streams `batch_rows` rows at a time on `workers` threads (default: all cores), so memory stays at
     a few batches for memmapped inputs. `projection`: the one the centroids were trained with. Ties go
-    to the lower centroid number. On a FAISS GPU the search runs there instead.
+    to the lower centroid number. On a FAISS GPU the search runs there instead. `task_map` (default
+    `thread_map`) runs the batches, e.g. as Ray tasks; the result does not depend on it.
     """
     n_rows = len(x) if rows is None else len(rows)
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    gpu_index = None
+    starts = range(0, n_rows, batch_rows)
     if faiss_gpu_count() > 0:
         gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(centroids.shape[1]))
         gpu_index.add(centroids)
-
-    def nearest(start: int) -> np.ndarray:
-        stop = min(n_rows, start + batch_rows)
-        block = project(x[start:stop] if rows is None else x[rows[start:stop]], projection)
-        if gpu_index is not None:
-            return gpu_index.search(block, 1)[1][:, 0].astype(np.int32)
-        return np.argmax(block @ centroids.T, axis=1).astype(np.int32)
-
-    batches = ordered_map(nearest, range(0, n_rows, batch_rows), 1 if gpu_index is not None else workers)
+        batches = [gpu_index.search(_batch(x, rows, projection, batch_rows, start), 1)[1][:, 0].astype(np.int32)
+                   for start in starts]
+    else:
+        batches = (task_map or thread_map)(_nearest_centroids, list(starts),
+                                           (x, centroids, rows, projection, batch_rows), workers)
     return np.concatenate(batches) if batches else np.empty(0, dtype=np.int32)
+
+
+def _batch(x, rows: np.ndarray | None, projection: np.ndarray | None, batch_rows: int, start: int) -> np.ndarray:
+    """Projected rows start .. start + batch_rows of `x[rows]` (of `x` when rows is None)."""
+    n_rows = len(x) if rows is None else len(rows)
+    stop = min(n_rows, start + batch_rows)
+    return project(x[start:stop] if rows is None else x[rows[start:stop]], projection)
+
+
+def _nearest_centroids(x, centroids: np.ndarray, rows: np.ndarray | None, projection: np.ndarray | None,
+                       batch_rows: int, start: int) -> np.ndarray:
+    """One task of `assign_clusters`: nearest centroid of the batch starting at `start`."""
+    block = _batch(x, rows, projection, batch_rows, start)
+    return np.argmax(block @ centroids.T, axis=1).astype(np.int32)

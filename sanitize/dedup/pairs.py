@@ -12,7 +12,7 @@ import logging
 
 import numpy as np
 
-from sanitize.dedup.parallel import ordered_map
+from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 
 logger = logging.getLogger(__name__)
@@ -30,13 +30,15 @@ def within_cluster_candidates(
     rows: np.ndarray | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     workers: int | None = None,
+    task_map: TaskMap | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (a < b, global row ids, int64) in the same cluster with cosine >= threshold - margin.
 
     `x`: (n, d) unit rows (UnitRows or float32 array). `labels[i]`: cluster of row `rows[i]` (`rows`
     sorted, default all rows). Contains every same-cluster pair whose exact cosine is >= threshold, plus
     possibly a few just below; pass the result to `confirm_pairs`. Runs on `workers` threads (default: all
-    cores); memory: O(workers · block_rows²) floats. The output order does not depend on `workers`.
+    cores) or as `task_map`'s tasks (default `thread_map`); memory: O(workers · block_rows²) floats. The output
+    order does not depend on `workers` or `task_map`.
     """
     rows = np.arange(len(labels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     order = np.argsort(labels, kind="stable")  # within a cluster, ascending row id
@@ -51,10 +53,15 @@ def within_cluster_candidates(
         for i0 in range(0, stop - start, block_rows)
     ]
     cut = threshold - CANDIDATE_MARGIN
-    found = ordered_map(lambda task: _block_row_pairs(x, task[0], task[1], cut, block_rows), tasks, workers)
+    found = (task_map or thread_map)(_block_row_task, tasks, (x, cut, block_rows), workers)
     if not found:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])
+
+
+def _block_row_task(x, cut: float, block_rows: int, task: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One task of `within_cluster_candidates`: (ids of one cluster, first row of the block)."""
+    return _block_row_pairs(x, task[0], task[1], cut, block_rows)
 
 
 def _block_row_pairs(x, ids: np.ndarray, i0: int, cut: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:

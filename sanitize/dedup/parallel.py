@@ -9,9 +9,9 @@ busy: 6–60 GFLOP/s with 2 BLAS threads, 50–170 with 1). numpy releases the G
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from threadpoolctl import threadpool_limits
 
@@ -39,3 +39,21 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
             return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(fn, items))
+
+
+class TaskMap(Protocol):
+    """How `find_duplicates` runs its independent tasks: [fn(*shared, item) for item in items], in item order.
+
+    `shared` holds the large read-only inputs every task needs (the embedding rows, the centroids); an
+    implementation may ship them to other processes once per call (or once per object) rather than once per
+    task. `fn` must be a module-level function so it can be sent to another process. `workers` is a hint for
+    thread pools (None: all cores). The default is `thread_map`; `sanitize.engines` provides a Ray version.
+    """
+
+    def __call__(self, fn: Callable[..., R], items: Sequence[T], shared: tuple = (),
+                 workers: int | None = None) -> list[R]: ...
+
+
+def thread_map(fn: Callable[..., R], items: Sequence[T], shared: tuple = (), workers: int | None = None) -> list[R]:
+    """The default TaskMap: `ordered_map` of fn(*shared, item) on this process's threads."""
+    return ordered_map(lambda item: fn(*shared, item), items, workers)

@@ -17,7 +17,7 @@ import numpy as np
 
 from sanitize import intervals
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, pair_keys
-from sanitize.dedup.parallel import ordered_map
+from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 from sanitize.errors import ConfigError
 
@@ -68,25 +68,21 @@ def true_pairs_of_sample(
     rows: np.ndarray | None = None,
     block_rows: int = SEARCH_BLOCK_ROWS,
     workers: int | None = None,
+    task_map: TaskMap | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (sampled row, any row in `rows`) with exact cosine >= threshold, by exhaustive search.
 
     Returns (query, a, b): for each pair the position in `sample` of the row that found it, and the pair
     as a < b global row ids. A pair between two sampled rows appears once, credited to the first.
-    Cost: len(sample) × len(rows) dot products on `workers` threads (default: all cores); memory: per
-    worker one block of `block_rows` rows and its similarities to the sample.
+    Cost: len(sample) × len(rows) dot products on `workers` threads (default: all cores) or as `task_map`'s
+    tasks; memory: per worker one block of `block_rows` rows and its similarities to the sample.
     """
     rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     queries = x[sample]
     cut = threshold - CANDIDATE_MARGIN
 
-    def search(start: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = rows[start : start + block_rows]
-        hits = np.flatnonzero(queries @ x[ids].T >= cut)
-        q, j = np.divmod(hits, len(ids))
-        return q, ids[j]
-
-    found = ordered_map(search, range(0, len(rows), block_rows), workers)
+    found = (task_map or thread_map)(_search_block, list(range(0, len(rows), block_rows)),
+                                     (x, queries, rows, cut, block_rows), workers)
     q = np.concatenate([q for q, _ in found])
     j = np.concatenate([j for _, j in found])
     not_self = j != sample[q]
@@ -101,6 +97,15 @@ def true_pairs_of_sample(
     return q[first], a[first], b[first]
 
 
+def _search_block(x, queries: np.ndarray, rows: np.ndarray, cut: float, block_rows: int, start: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """One task of `true_pairs_of_sample`: (query position, row id) of every hit in one block of rows."""
+    ids = rows[start : start + block_rows]
+    hits = np.flatnonzero(queries @ x[ids].T >= cut)
+    q, j = np.divmod(hits, len(ids))
+    return q, ids[j]
+
+
 def sampled_pair_recall(
     x: UnitRows | np.ndarray,
     found_keys: np.ndarray,
@@ -111,6 +116,7 @@ def sampled_pair_recall(
     seed: int = 0,
     confidence: float = 0.95,
     workers: int | None = None,
+    task_map: TaskMap | None = None,
 ) -> RecallEstimate:
     """Estimate the share of true pairs among `rows` (default all) that `found_keys` contains.
 
@@ -124,7 +130,7 @@ def sampled_pair_recall(
     m = min(sample_size, len(rows))
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(rows, size=m, replace=False))
-    q, a, b = true_pairs_of_sample(x, sample, threshold, rows=rows, workers=workers)
+    q, a, b = true_pairs_of_sample(x, sample, threshold, rows=rows, workers=workers, task_map=task_map)
     hit = np.isin(pair_keys(a, b, len(x)), found_keys)
     return recall_from_sample(q, hit, m, exact=m == len(rows), confidence=confidence)
 

@@ -24,6 +24,7 @@ from sanitize.dedup.clustering import (
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, within_cluster_candidates
+from sanitize.dedup.parallel import TaskMap
 from sanitize.dedup.recall import sampled_pair_recall
 from sanitize.dedup.vectors import checked_unit_rows, pair_cosines
 from sanitize.errors import ConfigError, DataError
@@ -77,6 +78,7 @@ def find_duplicates(
     workers: int | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: Progress | None = None,
+    task_map: TaskMap | None = None,
 ) -> DedupResult:
     """Find near-duplicate rows of `x` and decide which to keep.
 
@@ -92,7 +94,10 @@ def find_duplicates(
     `decide_groups`. `recall_sample` rows (0: skip) are searched exhaustively to estimate the share of true
     pairs found (stats["recall"]). `checkpoint_dir`: each finished clustering is saved there and skipped
     when the run is repeated. `workers`: threads for the matrix products (default: all cores; the output
-    does not depend on it). `progress(phase, done, total)` is called as phases finish.
+    does not depend on it). `progress(phase, done, total)` is called as phases finish. `task_map` runs
+    the assignment batches, the per-cluster pair search and the recall search (default `thread_map`, threads
+    of this process; `sanitize.engines` gives a Ray one); k-means training stays here (a sample: fixed cost).
+    The output does not depend on it.
 
     Guarantees: same input and options, same output (the clusterings' order of discovery included);
     every pair reported has cosine >= threshold (or is exact); every removed row is a duplicate of a kept
@@ -148,6 +153,7 @@ def find_duplicates(
             ca, cb, info = _one_clustering(
                 view, reps, k, threshold, seed=c_seed, projection=projection, block_rows=block_rows,
                 workers=workers, max_points_per_centroid=max_points_per_centroid, n_iter=kmeans_iterations,
+                task_map=task_map,
             )
             if checkpoint_dir is not None:
                 save_clustering(checkpoint_dir, c, key, ca, cb)
@@ -177,7 +183,7 @@ def find_duplicates(
         found = source != EXACT
         recall = sampled_pair_recall(view, pair_keys(a[found], b[found], n), threshold, rows=reps,
                                      sample_size=recall_sample, seed=_stream_seed(seed, _RECALL_STREAM, 0),
-                                     workers=workers)
+                                     workers=workers, task_map=task_map)
         seconds["recall"], t = _lap(t)
         _log_recall(recall)
         report("recall", 1, 1)
@@ -210,7 +216,7 @@ def find_duplicates(
 
 
 def _one_clustering(view, reps, k, threshold, *, seed, projection, block_rows, workers, max_points_per_centroid,
-                    n_iter):
+                    n_iter, task_map=None):
     """Train, assign and search one clustering of the distinct rows `reps`: candidate pairs and timings."""
     t0 = time.perf_counter()
     centroids = train_centroids(view, k, rows=reps, seed=seed, max_points_per_centroid=max_points_per_centroid,
@@ -218,9 +224,10 @@ def _one_clustering(view, reps, k, threshold, *, seed, projection, block_rows, w
     t1 = time.perf_counter()
     all_rows = len(reps) == len(view)
     labels = assign_clusters(view, centroids, rows=None if all_rows else reps, projection=projection,
-                             workers=workers)
+                             workers=workers, task_map=task_map)
     t2 = time.perf_counter()
-    a, b = within_cluster_candidates(view, labels, threshold, rows=reps, block_rows=block_rows, workers=workers)
+    a, b = within_cluster_candidates(view, labels, threshold, rows=reps, block_rows=block_rows, workers=workers,
+                                     task_map=task_map)
     t3 = time.perf_counter()
     info = {
         "train_seconds": t1 - t0,

@@ -140,7 +140,12 @@ def contact_sheet_html(
     )
 
 
-def _thumbnail_uri(source: str | Path | bytes | None, thumb_px: int, uid: str) -> str | None:
+def thumbnail_jpeg(source: str | Path | bytes | None, thumb_px: int, uid: str) -> bytes | None:
+    """A JPEG (bytes) of the image at `source` (path or encoded bytes) fitted into thumb_px × thumb_px.
+
+    None when there is no image or it cannot be decoded (logged with its uid): one unreadable image must not
+    cost the annotator the whole batch.
+    """
     if source is None:
         return None
     from PIL import Image, UnidentifiedImageError
@@ -152,10 +157,14 @@ def _thumbnail_uri(source: str | Path | bytes | None, thumb_px: int, uid: str) -
             buffer = io.BytesIO()
             img.save(buffer, format="JPEG", quality=80)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        # One unreadable image must not cost the annotator the whole sheet.
         logger.warning("uid %s: no thumbnail (%s)", uid, exc)
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _thumbnail_uri(source: str | Path | bytes | None, thumb_px: int, uid: str) -> str | None:
+    jpeg = thumbnail_jpeg(source, thumb_px, uid)
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _write_csv(path: Path, table: pa.Table) -> None:

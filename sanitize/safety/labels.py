@@ -11,6 +11,9 @@ Guarantees of `LabelStore.add`:
 - conflicts are never silently overwritten: a uid already labelled differently is reported (raised by
   default, or skipped / recorded as a correction on request);
 - uids that are not in the dataset are rejected with the list, before anything is written.
+
+`LabelStore.retract` is the one exception to append-only: an annotator's undo (the labeling page's `u` key)
+removes the answers of one uid, source and round, under the same lock, and keeps every other row in order.
 """
 
 from __future__ import annotations
@@ -178,6 +181,28 @@ class LabelStore:
             logger.warning("%s: %d conflicting labels (%s)", self.path, len(conflicts), on_conflict)
         logger.info("%s: %d labels added, %d unchanged", self.path, len(new_rows), unchanged)
         return AddResult(added=len(new_rows), unchanged=unchanged, conflicts=conflicts)
+
+    def retract(self, uid: str, *, source: str, round: int) -> int:
+        """Take back the answers for `uid` given with `source` in `round` (an annotator's undo); return how many
+        rows were removed (0 when there were none, and then nothing is written).
+
+        The only way rows leave the history: every other row, older or newer, is kept in order. Locked and
+        atomic like `add`, so a concurrent `add` or `retract` never sees a half-written file.
+        """
+        if source not in SOURCES:
+            raise ConfigError(f"label source {source!r} is not one of {', '.join(SOURCES)}")
+        with self._locked():
+            table = self.read()
+            match = np.array(
+                [u == uid and s == source and r == round for u, s, r in zip(
+                    table["uid"].to_pylist(), table["source"].to_pylist(), table["round"].to_pylist(), strict=True)],
+                dtype=bool,
+            )
+            removed = int(match.sum())
+            if removed:
+                write_parquet(self.path, table.filter(pa.array(~match, pa.bool_())))
+        logger.info("%s: retracted %d answers for %s (%s, round %d)", self.path, removed, uid, source, round)
+        return removed
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

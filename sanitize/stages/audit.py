@@ -13,6 +13,7 @@ Attributes are named by tokens: a built-in lexicon (``caption_gender``, ``occupa
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ from sanitize.audit import (
     AttributeInfo,
     AttributeSpec,
     AuditOptions,
+    CountTable,
     Lexicon,
     builtin_attribute_specs,
     builtin_lexicons,
     class_embeddings,
     column_attribute,
     column_info,
+    count_shard,
     lexicon_attribute,
     lexicon_info,
     load_attribute_spec,
@@ -40,9 +43,10 @@ from sanitize.audit import (
     zero_shot_attribute,
 )
 from sanitize.audit.specs import UNKNOWN
-from sanitize.embeddings import open_embeddings
+from sanitize.embeddings import EmbeddingSource, open_embeddings
+from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError
-from sanitize.manifest import read_parquet
+from sanitize.manifest import Manifest, read_parquet
 from sanitize.runfolder import RunFolder, peak_memory_mb
 
 logger = logging.getLogger(__name__)
@@ -90,13 +94,18 @@ def run_audit_stage(
     weight_on: Sequence[str] | None = None,
     target: Mapping[str, float] | None = None,
     options: AuditOptions | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Audit ``run``'s finished stages; writes RUN/audit/ and returns a summary (flags, paths, seconds).
 
     ``encode_text`` (the CLIP text tower of the model that embedded the run) is needed for zero-shot
     attributes; without it they raise ConfigError. Stages are audited in the order they were run.
+    ``engine`` (default: local, one shard after another) computes the per-shard count tables
+    (`count_audit_shard`); they are merged and the statistics computed here, on the merged table only.
+    Weights, when asked for, are applied here too.
     """
     started = time.perf_counter()
+    engine = resolve_engine(engine)
     sources = [resolve_attribute(a) for a in attributes]
     names = [s.info.name for s in sources]
     if len(set(names)) != len(names):
@@ -119,13 +128,17 @@ def run_audit_stage(
         yield from audit_tables(run, sources, class_emb, stages)
 
     keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
+    n_shards = len(run.manifest().files)
+    counts = engine.map_tasks(count_audit_shard, list(range(n_shards)),
+                              (run.path, tuple(sources), class_emb, tuple(stages), keywords), workers=1)
     result = run_audit(shards, [s.info for s in sources], run.path / STAGE, stages=list(stages),
                        options=options, keywords=keywords, weight_on=list(weight_on) if weight_on else None,
-                       target=target, title=f"Filter audit of {run.path.name}")
+                       target=target, title=f"Filter audit of {run.path.name}", counts=counts)
     flags = result.report.get("flags", [])
     stats = {"stages": stages, "attributes": names, "flags": len(flags),
              "paths": {k: str(v) for k, v in result.paths.items()},
-             "seconds": round(time.perf_counter() - started, 3), "peak_memory_mb": round(peak_memory_mb(), 1)}
+             "engine": engine.name, "seconds": round(time.perf_counter() - started, 3),
+             "peak_memory_mb": round(peak_memory_mb(), 1)}
     if result.plan is not None:
         stats["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
     run.record_stats(STAGE, stats)
@@ -134,29 +147,54 @@ def run_audit_stage(
 
 def audit_tables(run: RunFolder, sources: Sequence[AttributeSource], class_emb: dict[str, np.ndarray],
                  stages: Sequence[str]) -> Iterator[pl.DataFrame]:
-    """One table per manifest shard: uid, caption, attribute columns, keep:<stage> columns."""
+    """One table per manifest shard (`audit_shard`), in shard order."""
     manifest = run.manifest()
     embeddings = open_embeddings(run.path) if class_emb else None
     for index in range(len(manifest.files)):
-        base = manifest.read_shard(index).table
-        df = pl.DataFrame({"uid": base["uid"].to_pylist(), "caption": base["caption"].to_pylist()},
-                          schema={"uid": pl.String, "caption": pl.String})
-        columns = [s.info.name for s in sources if s.kind == "column"]
-        raw = manifest.read_raw_shard(index) if columns else None
-        for s in sources:
-            if s.kind == "lexicon":
-                labels = lexicon_attribute(df["caption"], s.spec)
-            elif s.kind == "column":
-                if s.info.name not in raw.column_names:
-                    raise ConfigError(f"{manifest.files[index]}: column {s.info.name!r} (attribute column:"
-                                      f"{s.info.name}) not found")
-                labels = column_attribute(raw[s.info.name], s.info.name)
-            else:
-                labels = _zero_shot_labels(df["uid"], embeddings, index, s.spec, class_emb[s.info.name])
-            df = df.with_columns(pl.Series(s.info.name, labels, dtype=pl.String))
-        for stage in stages:
-            df = df.join(_stage_keep(run, stage, index), on="uid", how="left")
-        yield df
+        yield audit_shard(run, manifest, embeddings, sources, class_emb, stages, index)
+
+
+def audit_shard(run: RunFolder, manifest: Manifest, embeddings: EmbeddingSource | None,
+                sources: Sequence[AttributeSource], class_emb: dict[str, np.ndarray], stages: Sequence[str],
+                index: int) -> pl.DataFrame:
+    """Manifest shard `index` as an audit table: uid, caption, attribute columns, keep:<stage> columns.
+
+    `embeddings` (the run's) is needed only for zero-shot attributes. Raises ConfigError when a column:NAME
+    attribute is not in the shard.
+    """
+    base = manifest.read_shard(index).table
+    df = pl.DataFrame({"uid": base["uid"].to_pylist(), "caption": base["caption"].to_pylist()},
+                      schema={"uid": pl.String, "caption": pl.String})
+    columns = [s.info.name for s in sources if s.kind == "column"]
+    raw = manifest.read_raw_shard(index) if columns else None
+    for s in sources:
+        if s.kind == "lexicon":
+            labels = lexicon_attribute(df["caption"], s.spec)
+        elif s.kind == "column":
+            if s.info.name not in raw.column_names:
+                raise ConfigError(f"{manifest.files[index]}: column {s.info.name!r} (attribute column:"
+                                  f"{s.info.name}) not found")
+            labels = column_attribute(raw[s.info.name], s.info.name)
+        else:
+            labels = _zero_shot_labels(df["uid"], embeddings, index, s.spec, class_emb[s.info.name])
+        df = df.with_columns(pl.Series(s.info.name, labels, dtype=pl.String))
+    for stage in stages:
+        df = df.join(_stage_keep(run, stage, index), on="uid", how="left")
+    return df
+
+
+def count_audit_shard(run_path: str | os.PathLike, sources: Sequence[AttributeSource],
+                      class_emb: dict[str, np.ndarray], stages: Sequence[str], keywords: Lexicon | None,
+                      index: int) -> CountTable:
+    """The count table of manifest shard `index` of the run at `run_path` (`audit_shard`, then `count_shard`).
+
+    The per-shard part of the audit, the same for every engine (each call opens the run itself, so it can
+    run in another process when the run folder is on storage that process can reach).
+    """
+    run = RunFolder.open(run_path)
+    embeddings = open_embeddings(run.path) if class_emb else None
+    table = audit_shard(run, run.manifest(), embeddings, sources, class_emb, stages, index)
+    return count_shard(table, [s.info for s in sources], stages, keywords=keywords, source=f"shard {index}")
 
 
 def _zero_shot_labels(uids: pl.Series, embeddings, index: int, spec: AttributeSpec, class_emb: np.ndarray

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from sanitize.atomic import write_json
-from sanitize.embeddings import open_embeddings
+from sanitize.embeddings import EmbeddingSource, open_embeddings
+from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.manifest import read_parquet
 from sanitize.project import LabelProject, metadata_files
@@ -183,13 +186,18 @@ def run_classify_stage(
     categories: Sequence[str] | None = None,
     *,
     block_rows: int = BLOCK_ROWS,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Certify and filter `categories` (default: every category with a saved classifier) over `run`.
 
     Writes RUN/stages/<cat>/NNNNN.parquet (uid, keep, reason, score) per embedding shard, resumable, and
     records per-category stats and the overlap between categories in stats.json. Returns those stats.
+    Certifying runs here; `engine` (default: local) runs the shards. The Ray engine loads the classifiers
+    from the project once per actor (refusing a classifier file that changed since it was certified); the
+    run and project folders must then be on storage every worker can reach.
     """
     started = time.perf_counter()
+    engine = resolve_engine(engine)
     if categories:
         names = list(dict.fromkeys(categories))
         for name in names:
@@ -202,33 +210,86 @@ def run_classify_stage(
     for f in filters:
         run.begin_stage(f.name, f.stage_config())
 
-    source = open_embeddings(run.path)
-    for index in range(source.n_shards):
-        todo = [f for f in filters if not run.is_done(f.name, index)]
-        if not todo:
-            continue
-        shard = source.read_shard(index)
-        for f in todo:
-            if shard.img_emb.shape[1] != f.classifier.dim:
-                raise DataError(f"{shard.source}: {shard.img_emb.shape[1]}-d embeddings, classifier "
-                                f"{f.name!r} is {f.classifier.dim}-d")
-            try:
-                scores = score_rows(f.classifier, shard.img_emb, block_rows=block_rows)
-            except DataError as exc:
-                raise DataError(f"{shard.source}: category {f.name!r}: {exc}") from None
-            run.write_shard(f.name, index, decision_table(f.name, shard.uids, scores, f.threshold))
+    n_shards = open_embeddings(run.path).n_shards
+    todo = [i for i in range(n_shards) if any(not run.is_done(f.name, i) for f in filters)]
+    engine.map_shards(ClassifyShardWorker(run.path, project.path, filters, block_rows=block_rows), todo)
 
     summary = {"categories": {}, "seconds": 0.0}
     for f in filters:
         stats = category_stats(run, f)
         run.record_stats(f.name, stats)
         summary["categories"][f.name] = stats
-    summary["overlap"] = overlap(run, [f.name for f in filters], source.n_shards)
+    summary["overlap"] = overlap(run, [f.name for f in filters], n_shards)
     summary["seconds"] = round(time.perf_counter() - started, 3)
     summary["peak_memory_mb"] = round(peak_memory_mb(), 1)
-    run.record_stats(STATS_KEY, {"overlap": summary["overlap"], "categories": names,
+    summary["engine"] = engine.name
+    run.record_stats(STATS_KEY, {"overlap": summary["overlap"], "categories": names, "engine": engine.name,
                                  "seconds": summary["seconds"], "peak_memory_mb": summary["peak_memory_mb"]})
     return summary
+
+
+def classify_one_shard(run: RunFolder, source: EmbeddingSource, index: int, filters: Sequence[CategoryFilter],
+                       *, block_rows: int = BLOCK_ROWS) -> int:
+    """Score embedding shard `index` for every filter whose shard is not done yet; write each sidecar + marker.
+
+    The one function both engines call per shard (the shard is read once for all categories). Returns the
+    shard's number of rows (0 when every filter had it done). Raises DataError for a dimension mismatch or a
+    NaN score, naming the shard file and category.
+    """
+    todo = [f for f in filters if not run.is_done(f.name, index)]
+    if not todo:
+        return 0
+    shard = source.read_shard(index)
+    for f in todo:
+        if shard.img_emb.shape[1] != f.classifier.dim:
+            raise DataError(f"{shard.source}: {shard.img_emb.shape[1]}-d embeddings, classifier "
+                            f"{f.name!r} is {f.classifier.dim}-d")
+        try:
+            scores = score_rows(f.classifier, shard.img_emb, block_rows=block_rows)
+        except DataError as exc:
+            raise DataError(f"{shard.source}: category {f.name!r}: {exc}") from None
+        run.write_shard(f.name, index, decision_table(f.name, shard.uids, scores, f.threshold))
+    return len(shard)
+
+
+class ClassifyShardWorker:
+    """The classify stage's `ShardWorker`: `classify_one_shard` with the certified filters.
+
+    In this process it uses the given filters as they are. A copy sent to another process carries the
+    filters without their classifiers and reloads each from the project in `setup()`, checking the file's
+    sha256 against the one certified (ConfigError when it changed meanwhile).
+    """
+
+    uses_gpu = False  # a matrix product per block: memory-bound, no gain from a GPU
+
+    def __init__(self, run_path: str | os.PathLike, project_path: str | os.PathLike,
+                 filters: Sequence[CategoryFilter], *, block_rows: int = BLOCK_ROWS) -> None:
+        self.run_path = Path(run_path)
+        self.project_path = Path(project_path)
+        self.filters: list[CategoryFilter] | None = list(filters)
+        self.block_rows = block_rows
+        self._certified = [(f.name, f.classifier_sha256, f.certificate, f.report) for f in filters]
+        self._source: EmbeddingSource | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "filters": None, "_source": None}
+
+    def setup(self) -> None:
+        if self.filters is None:
+            project = LabelProject.open(self.project_path)
+            self.filters = []
+            for name, sha, cert, report in self._certified:
+                if project.classifier_sha256(name) != sha:
+                    raise ConfigError(f"{project.model_path(name)}: classifier changed after it was certified; "
+                                      "rerun the classify stage")
+                self.filters.append(CategoryFilter(name, project.require_classifier(name), sha, cert, report))
+        if self._source is None:
+            self._source = open_embeddings(self.run_path)
+
+    def __call__(self, index: int) -> int:
+        self.setup()
+        return classify_one_shard(RunFolder(self.run_path), self._source, index, self.filters,
+                                  block_rows=self.block_rows)
 
 
 def decision_table(name: str, uids: np.ndarray, scores: np.ndarray, threshold: float) -> pa.Table:

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from sanitize import atomic
 from sanitize.dedup import find_duplicates
 from sanitize.embeddings import EmbeddingSource, open_embeddings
+from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.manifest import read_parquet
 from sanitize.runfolder import RunFolder, peak_memory_mb
@@ -51,13 +52,17 @@ def run_dedup_stage(
     embedding_col: str | None = None,
     id_col: str | None = None,
     progress: Callable[[str, int, int], Any] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Deduplicate the embeddings at ``source``; returns the stats (also written to stats.json).
 
     ``keep_by``: a column (of the run's manifest, the parquet source or the clip-retrieval metadata) whose
     largest (``keep="max"``) or smallest value wins in each group; default: the first row. ``hash_col``: rows
-    with equal values (e.g. sha256) are exact duplicates, when the column exists.
+    with equal values (e.g. sha256) are exact duplicates, when the column exists. ``engine`` (default: local
+    threads) runs the assignment, per-cluster pair search and recall search; k-means training, the union of
+    pairs and the groups run here. Every engine gives the same files.
     """
+    engine = resolve_engine(engine)
     is_run = Path(source, "run.json").is_file()
     if not is_run and out is None:
         raise ConfigError("--out is needed when SOURCE is not a run folder")
@@ -84,10 +89,11 @@ def run_dedup_stage(
         keep_values=side.get(keep_by) if keep_by else None, keep=keep, refuse_chains=refuse_chains,
         hashes=side.get(hash_col) if hash_col else None, require_normalized=require_normalized,
         recall_sample=min(recall_sample, len(x)), checkpoint_dir=folder / "checkpoints", progress=progress,
+        task_map=engine.map_tasks,
     )
     decisions = decision_table(uids, result.rows)
     atomic.write_parquet(folder / "pairs.parquet", pair_table(uids, result.pairs))
-    stats = {**result.stats, "rows_in": len(x), "peak_memory_mb": round(peak_memory_mb(), 1)}
+    stats = {**result.stats, "rows_in": len(x), "engine": engine.name, "peak_memory_mb": round(peak_memory_mb(), 1)}
     if run is not None:
         start = 0
         for index, size in enumerate(shard_sizes):

@@ -1,0 +1,77 @@
+"""`sanitize run` (the whole pipeline from a TOML config) and `sanitize init` (a commented starter config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from sanitize.atomic import write_text
+from sanitize.config import STAGES, load_config, starter_config
+from sanitize.errors import ConfigError
+from sanitize.pipeline import format_table, open_input, plan_pipeline, run_pipeline
+from sanitize_cli.main import cli, emit
+from sanitize_cli.options import json_option
+
+
+@cli.command("run")
+@click.argument("manifest")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML config (`sanitize init` writes one); without it every option has its default.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config key (repeatable), e.g. --set dedup.threshold=0.9.")
+@click.option("--skip", multiple=True, type=click.Choice(STAGES), help="Do not run this stage (repeatable).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), help="Override run.engine.")
+@click.option("--ray-address", help="Override run.ray_address ('auto', 'ray://host:10001').")
+@click.option("--resume", is_flag=True, help="Continue a run in OUT whose config differs (changed stages rerun).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and plan, run nothing.")
+@json_option
+def run_(manifest, config_path, out, overrides, skip, engine, ray_address, resume, dry_run, as_json):
+    """Run embed → classify → dedup → audit → export on MANIFEST into the run folder OUT (resumable)."""
+    extra = list(overrides)
+    if engine:
+        extra.append(f"run.engine={json.dumps(engine)}")
+    if ray_address:
+        extra.append(f"run.ray_address={json.dumps(ray_address)}")
+    config = load_config(config_path, extra)
+    config["run"]["skip"] = sorted(set(config["run"]["skip"]) | set(skip), key=STAGES.index)
+    if dry_run:
+        plans = plan_pipeline(open_input(manifest, config), config, out, resume=resume)
+        summary = {"config": config, "plan": [p.__dict__ for p in plans], "out": out}
+        emit(summary, as_json, [
+            f"plan for {manifest} -> {out} ({config['run']['engine']} engine):",
+            *(f"  {p.stage:9s} {p.action:4s}  {p.why}" for p in plans),
+            "", "resolved config:", *("  " + line for line in _toml_lines(config)),
+        ])
+        return
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, n: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, unit="row", disable=as_json, leave=False)
+        bars[stage].update(n)
+
+    summary = run_pipeline(manifest, config, out, resume=resume, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    emit(summary, as_json, format_table(summary))
+
+
+@cli.command("init")
+@click.argument("path", default="sanitize.toml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path, force):
+    """Write a commented starter config to PATH (default: sanitize.toml)."""
+    if Path(path).exists() and not force:
+        raise ConfigError(f"{path}: exists; pass --force to overwrite it")
+    write_text(path, starter_config())
+    click.echo(f"wrote {path}; edit it, then: sanitize run MANIFEST --config {path} --out RUN --dry-run")
+
+
+def _toml_lines(config: dict) -> list[str]:
+    from sanitize.config import to_toml
+
+    return to_toml(config).splitlines()
