@@ -55,6 +55,6 @@ def data_files(run: Path) -> dict[str, bytes]:
             continue
         data = p.read_bytes()
         if p.name.startswith("report."):
-            data = data.replace(run.name.encode(), b"RUN")
+            data = data.replace(f"Filter audit of {run.name}".encode(), b"Filter audit of RUN")
         out[str(p.relative_to(run))] = data
     return out
