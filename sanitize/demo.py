@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
     Resumable like every run: rerunning on the same OUT reuses the sample and finished shards. Returns the
     pipeline's summary plus paths and the dedup result against the planted truth.
     """
+    started = time.perf_counter()
     out = Path(out)
     sample_dir = out / "sample"
     if not (sample_dir / "sample.json").exists():
@@ -88,6 +90,7 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
     summary = run_pipeline(manifest, config, out / "run")
     # The second call only confirms the finished embed shards; report the call that embedded them.
     summary["stages"] = [embedded["stages"][0] if r["stage"] == "embed" else r for r in summary["stages"]]
+    summary["totals"]["seconds"] = round(time.perf_counter() - started, 3)  # sample, both calls, the labeling
     classify = run.stats().get("classify", {}).get("categories", [])
     return {**summary, "sample": str(sample_dir), "config": str(out / "sanitize.toml"), "rows": truth.height,
             "categories": {name: run.stats()[name] for name in classify},
