@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from sanitize.atomic import write_text
-from sanitize.config import STAGES, load_config, starter_config
+from sanitize.config import STAGES, load_config, starter_config, to_toml
 from sanitize.errors import ConfigError
 from sanitize.pipeline import format_table, open_input, plan_pipeline, run_pipeline
 from sanitize_cli.main import cli, emit
@@ -40,11 +41,11 @@ def run_(manifest, config_path, out, overrides, skip, engine, ray_address, resum
     config["run"]["skip"] = sorted(set(config["run"]["skip"]) | set(skip), key=STAGES.index)
     if dry_run:
         plans = plan_pipeline(open_input(manifest, config), config, out, resume=resume)
-        summary = {"config": config, "plan": [p.__dict__ for p in plans], "out": out}
+        summary = {"config": config, "plan": [asdict(p) for p in plans], "out": out}
         emit(summary, as_json, [
             f"plan for {manifest} -> {out} ({config['run']['engine']} engine):",
             *(f"  {p.stage:9s} {p.action:4s}  {p.why}" for p in plans),
-            "", "resolved config:", *("  " + line for line in _toml_lines(config)),
+            "", "resolved config:", *("  " + line for line in to_toml(config).splitlines()),
         ])
         return
     bars: dict[str, tqdm] = {}
@@ -69,9 +70,3 @@ def init(path, force):
         raise ConfigError(f"{path}: exists; pass --force to overwrite it")
     write_text(path, starter_config())
     click.echo(f"wrote {path}; edit it, then: sanitize run MANIFEST --config {path} --out RUN --dry-run")
-
-
-def _toml_lines(config: dict) -> list[str]:
-    from sanitize.config import to_toml
-
-    return to_toml(config).splitlines()

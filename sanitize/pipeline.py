@@ -25,7 +25,9 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from sanitize import atomic
 from sanitize.config import planned_stages
+from sanitize.engines import get_engine
 from sanitize.errors import ConfigError
 from sanitize.manifest import Manifest, open_manifest
 from sanitize.runfolder import RunFolder, config_fingerprint, peak_memory_mb
@@ -151,8 +153,6 @@ def run_pipeline(
     run = RunFolder.create(out, m)
     _record_pipeline(run, config)
 
-    from sanitize.engines import get_engine
-
     r = config["run"]
     rows: list[dict[str, Any]] = []
     with get_engine(r["engine"], address=r["ray_address"], num_cpus=r["ray_num_cpus"]) as engine:
@@ -170,13 +170,12 @@ def run_pipeline(
     }
     all_stats = run.stats()
     all_stats["pipeline"] = summary
-    from sanitize import atomic
-
     atomic.write_json(run.stats_json, all_stats)
     return summary
 
 
 def _run_stage(stage, manifest, run, config, model, engine, progress) -> dict[str, Any]:
+    # Stage modules are imported when run: dedup loads FAISS and embed torch, which a dry run never needs.
     seed = config["run"]["seed"]
     if stage == "embed":
         from sanitize.stages.embed import run_embed_stage
@@ -300,8 +299,6 @@ def _n(value: int | None) -> str:
 
 
 def _record_pipeline(run: RunFolder, config: dict[str, dict[str, Any]]) -> None:
-    from sanitize import atomic
-
     info = run.info()
     info["pipeline"] = {"config": config, "sections": section_fingerprints(config)}
     atomic.write_json(run.run_json, info)
