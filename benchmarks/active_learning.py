@@ -37,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sanitize.atomic import write_json  # noqa: E402
+from sanitize.io.atomic import write_json  # noqa: E402
 from sanitize.safety.classifier import EmbeddingClassifier  # noqa: E402
 from sanitize.safety.pool import EmbeddingPool  # noqa: E402
 from sanitize.safety.strategies import STRATEGIES, recall_threshold, select_batch  # noqa: E402

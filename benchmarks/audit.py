@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from sanitize.atomic import write_json
 from sanitize.audit import (
     AuditOptions,
     apply_weights,
@@ -33,6 +32,7 @@ from sanitize.audit import (
     weighting_plan,
     write_report,
 )
+from sanitize.io.atomic import write_json
 
 CAPTIONS = [
     "A woman riding a bike down the street.",

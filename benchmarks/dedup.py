@@ -2,7 +2,7 @@
 
     python benchmarks/dedup.py [--quick] [--sizes 100000,1000000] [--threshold 0.95] [--clusterings 5]
 
-For each size: CLIP-like data with planted near-duplicates (sanitize.synthetic.clip_like, d=512, float32,
+For each size: CLIP-like data with planted near-duplicates (sanitize.testing.synthetic.clip_like, d=512, float32,
 written to a .npy memmap) is deduplicated by `find_duplicates` (default options) with 1, 2, ... clusterings,
 each run in a fresh child process: end-to-end time from loading the memmap to writing pairs.parquet and
 rows.parquet, and that process's peak RSS. True pairs come from exact FAISS IndexFlatIP range search: of
@@ -33,7 +33,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sanitize.atomic import write_json, write_parquet  # noqa: E402
 from sanitize.dedup import (  # noqa: E402
     default_n_clusters,
     find_duplicates,
@@ -42,7 +41,8 @@ from sanitize.dedup import (  # noqa: E402
 )
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, pair_keys  # noqa: E402
 from sanitize.dedup.vectors import pair_cosines  # noqa: E402
-from sanitize.synthetic import clip_like  # noqa: E402
+from sanitize.io.atomic import write_json, write_parquet  # noqa: E402
+from sanitize.testing.synthetic import clip_like  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "dedup.json"
 DIM = 512

@@ -28,10 +28,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sanitize.atomic import write_json  # noqa: E402
-from sanitize.embed import embed_shard  # noqa: E402
-from sanitize.images import decode_image  # noqa: E402
-from sanitize.models import ClipModel, load_clip  # noqa: E402
+from sanitize.clip.embed import embed_shard  # noqa: E402
+from sanitize.clip.models import ClipModel, load_clip  # noqa: E402
+from sanitize.io.atomic import write_json  # noqa: E402
+from sanitize.io.images import decode_image  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "embed.json"
 

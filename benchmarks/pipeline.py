@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline.py [--rows 1000000] [--quick] [--shards 20] [--ray-cpus 2] [--workdir DIR]
 
-Setup (not timed as a stage): CLIP-like float16 unit embeddings, d=512 (sanitize.synthetic.clip_like: planted
+Setup (not timed as a stage): CLIP-like float16 unit embeddings, d=512 (sanitize.testing.synthetic.clip_like: planted
 near-duplicates, concepts), a manifest (datacomp layout: uid, text, url) whose captions name genders and
 occupations, a run folder with the embeddings in clip-retrieval layout, and a labeling project whose one
 category is a rare concept (concepts 1 and 2, about 2% of rows): seed labels train its classifier, a random
@@ -38,16 +38,16 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sanitize.atomic import write_json, write_parquet  # noqa: E402
-from sanitize.embeddings import write_embedding_shard  # noqa: E402
 from sanitize.engines import get_engine  # noqa: E402
-from sanitize.manifest import open_manifest  # noqa: E402
-from sanitize.project import LabelProject, add_answers, draw_audit_batch  # noqa: E402
-from sanitize.runfolder import RunFolder  # noqa: E402
-from sanitize.stages.audit import run_audit_stage  # noqa: E402
-from sanitize.stages.classify import run_classify_stage  # noqa: E402
-from sanitize.stages.dedup import run_dedup_stage  # noqa: E402
-from sanitize.synthetic import clip_like  # noqa: E402
+from sanitize.io.atomic import write_json, write_parquet  # noqa: E402
+from sanitize.io.embeddings import write_embedding_shard  # noqa: E402
+from sanitize.io.manifest import open_manifest  # noqa: E402
+from sanitize.io.runfolder import RunFolder  # noqa: E402
+from sanitize.pipeline.stages.audit import run_audit_stage  # noqa: E402
+from sanitize.pipeline.stages.classify import run_classify_stage  # noqa: E402
+from sanitize.pipeline.stages.dedup import run_dedup_stage  # noqa: E402
+from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch  # noqa: E402
+from sanitize.testing.synthetic import clip_like  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
 DIM = 512

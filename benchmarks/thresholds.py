@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sanitize.atomic import write_json
+from sanitize.io.atomic import write_json
 from sanitize.safety.estimates import removal_rate
 from sanitize.safety.thresholds import certified_threshold, simulate_violation_rate
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from sanitize.errors import ConfigError
-from sanitize.runfolder import RunFolder
-from sanitize.stages.audit import DEFAULT_ATTRIBUTES, resolve_attribute, run_audit_stage
-from sanitize.stages.embed import load_run_model
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.audit import DEFAULT_ATTRIBUTES, resolve_attribute, run_audit_stage
+from sanitize.pipeline.stages.embed import load_run_model
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sanitize.project import LabelProject
-from sanitize.runfolder import RunFolder
-from sanitize.stages.classify import run_classify_stage
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.classify import run_classify_stage
+from sanitize.safety.project import LabelProject
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

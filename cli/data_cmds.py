@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from sanitize.export import export_run
-from sanitize.runfolder import RunFolder
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.export import export_run
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from
 

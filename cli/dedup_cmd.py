@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sanitize.stages.dedup import run_dedup_stage
+from sanitize.pipeline.stages.dedup import run_dedup_stage
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

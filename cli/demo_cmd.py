@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from tqdm import tqdm
 
-from sanitize.demo import run_demo
-from sanitize.pipeline import format_table
+from sanitize.demo.run import run_demo
+from sanitize.pipeline.runner import format_table
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from tqdm import tqdm
 
-from sanitize.images import DEFAULT_MAX_PIXELS
-from sanitize.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
-from sanitize.runfolder import RunFolder
-from sanitize.stages.embed import run_embed_stage
+from sanitize.clip.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_clip
+from sanitize.io.images import DEFAULT_MAX_PIXELS
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.embed import run_embed_stage
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import click
 
-from sanitize.project import (
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.embed import load_run_model
+from sanitize.safety.audit_sample import STRATEGIES as AUDIT_STRATEGIES
+from sanitize.safety.labels import ON_CONFLICT, SOURCES, LabelConflictError, UnknownUidError
+from sanitize.safety.project import (
     LabelProject,
     add_answers,
     category_status,
     draw_audit_batch,
     propose_next_batch,
 )
-from sanitize.runfolder import RunFolder
-from sanitize.safety.audit_sample import STRATEGIES as AUDIT_STRATEGIES
-from sanitize.safety.labels import ON_CONFLICT, SOURCES, LabelConflictError, UnknownUidError
 from sanitize.safety.strategies import COLD_START, STRATEGIES
-from sanitize.stages.embed import load_run_model
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

@@ -7,12 +7,12 @@ import os
 
 import click
 
+from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver.app import LabelServer, is_loopback
 from sanitize.labelserver.session import LabelingSession
-from sanitize.project import LabelProject
-from sanitize.runfolder import RunFolder
+from sanitize.pipeline.stages.embed import load_run_model
+from sanitize.safety.project import LabelProject
 from sanitize.safety.strategies import COLD_START, STRATEGIES
-from sanitize.stages.embed import load_run_model
 from sanitize_cli.label_cmds import label, project_option, run_option, seed_option
 
 DEFAULT_HOST = "127.0.0.1"

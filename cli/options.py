@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sanitize.manifest import PRESETS, Manifest, open_manifest
+from sanitize.io.manifest import PRESETS, Manifest, open_manifest
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from sanitize.atomic import write_text
-from sanitize.config import STAGES, load_config, starter_config, to_toml
 from sanitize.errors import ConfigError
-from sanitize.pipeline import format_table, open_input, plan_pipeline, run_pipeline
+from sanitize.io.atomic import write_text
+from sanitize.pipeline.config import STAGES, load_config, starter_config, to_toml
+from sanitize.pipeline.runner import format_table, open_input, plan_pipeline, run_pipeline
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import polars as pl
 
-from sanitize.atomic import atomic_path
-from sanitize.demo import DEMO_MODEL, scripted_labeling
+from sanitize.clip.models import load_clip
+from sanitize.demo.run import DEMO_MODEL, scripted_labeling
+from sanitize.demo.sample import make_sample
+from sanitize.io.atomic import atomic_path
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver import LabelingSession, LabelServer
-from sanitize.manifest import open_manifest
-from sanitize.models import load_clip
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
-from sanitize.stages.classify import run_classify_stage
-from sanitize.stages.embed import run_embed_stage
+from sanitize.pipeline.stages.classify import run_classify_stage
+from sanitize.pipeline.stages.embed import run_embed_stage
 
 CATEGORY = "violence"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,7 +52,7 @@ def shoot(run: RunFolder, project_dir: Path, truth: pl.DataFrame, out: Path, chr
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
 
-    from sanitize.project import LabelProject
+    from sanitize.safety.project import LabelProject
 
     label_of = dict(zip(truth["uid"].to_list(), truth[CATEGORY].to_list(), strict=True))
     session = LabelingSession(LabelProject.open(project_dir), run, CATEGORY, n=12, annotator="alex")

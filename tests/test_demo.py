@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from sanitize.config import load_config
+from sanitize.pipeline.config import load_config
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
 
 
 def test_demo_is_sanitize_run_with_its_written_config(tmp_path):
-    from sanitize.demo import run_demo
+    from sanitize.demo.run import run_demo
 
     summary = run_demo(tmp_path / "d", n_rows=300, workers=0)
     assert set(summary["categories"]) == {"sexual", "violence"}

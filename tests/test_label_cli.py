@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from sanitize.manifest import open_manifest
-from sanitize.models import load_clip
-from sanitize.runfolder import RunFolder
+from sanitize.clip.models import load_clip
+from sanitize.demo.sample import make_sample
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.embed import run_embed_stage
 from sanitize.safety.classifier import from_layers, save_classifier
-from sanitize.sample import make_sample
-from sanitize.stages.embed import run_embed_stage
 from sanitize_cli import classify_cmd, label_cmds  # noqa: F401  (registers the commands)
 from sanitize_cli.main import cli
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from sanitize.atomic import write_parquet
 from sanitize.audit.analysis import AuditOptions, audit_report
 from sanitize.audit.attributes import (
     AttributeInfo,
@@ -44,6 +43,7 @@ from sanitize.audit.specs import (
     load_attribute_spec,
     load_lexicon,
 )
+from sanitize.io.atomic import write_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ class CountTable:
         return self.cells.group_by(list(names)).agg(sums).sort(list(names))
 
     def to_json(self) -> dict:
-        """A JSON-serialisable dict (write it with sanitize.atomic.write_json); inverse of `from_json`."""
+        """A JSON-serialisable dict (write it with sanitize.io.atomic.write_json); inverse of `from_json`."""
         return {
             "attributes": [a.to_json() for a in self.attributes],
             "stages": list(self.stages),

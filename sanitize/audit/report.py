@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
-from sanitize.atomic import write_json, write_text
 from sanitize.audit import charts
+from sanitize.io.atomic import write_json, write_text
 
 logger = logging.getLogger(__name__)
 

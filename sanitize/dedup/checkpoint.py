@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.atomic import write_json, write_parquet
 from sanitize.errors import ConfigError
+from sanitize.io.atomic import write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -30,18 +30,18 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from sanitize.atomic import write_json
 from sanitize.errors import ConfigError, DataError
-from sanitize.project import (
+from sanitize.io.atomic import write_json
+from sanitize.io.runfolder import RunFolder
+from sanitize.safety.contact_sheet import thumbnail_jpeg
+from sanitize.safety.labels import Conflict, parse_label
+from sanitize.safety.project import (
     LabelProject,
     batch_images,
     category_status,
     propose_next_batch,
     run_metadata,
 )
-from sanitize.runfolder import RunFolder
-from sanitize.safety.contact_sheet import thumbnail_jpeg
-from sanitize.safety.labels import Conflict, parse_label
 from sanitize.safety.strategies import COLD_START, STRATEGIES
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 
-from sanitize.atomic import write_bytes
 from sanitize.errors import ConfigError, DataError
+from sanitize.io.atomic import write_bytes
 
 logger = logging.getLogger(__name__)
 

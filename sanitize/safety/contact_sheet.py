@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from sanitize.atomic import atomic_path, write_parquet, write_text
 from sanitize.errors import ConfigError
+from sanitize.io.atomic import atomic_path, write_parquet, write_text
 from sanitize.safety.spec import CategorySpec
 from sanitize.safety.strategies import Selection
 

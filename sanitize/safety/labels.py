@@ -5,7 +5,7 @@ source (``seed``, ``active``, ``random-audit``), round, annotator and a UTC time
 of answers; `LabelStore.current` reduces it to one label per uid (the latest answer).
 
 Guarantees of `LabelStore.add`:
-- atomic: the file is rewritten through `sanitize.atomic` under an exclusive `flock` on a lock file beside it,
+- atomic: the file is rewritten through `sanitize.io.atomic` under an exclusive `flock` on a lock file beside it,
   so two processes (or two browser tabs behind one server) never lose each other's answers;
 - idempotent: re-submitting an identical answer (same uid, label, source and round) adds no row;
 - conflicts are never silently overwritten: a uid already labelled differently is reported (raised by
@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.atomic import write_parquet
 from sanitize.errors import ConfigError, DataError
+from sanitize.io.atomic import write_parquet
 
 logger = logging.getLogger(__name__)
 

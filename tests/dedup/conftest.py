@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sanitize.synthetic import clip_like
+from sanitize.testing.synthetic import clip_like
 
 from .helpers import brute_force_pairs
 

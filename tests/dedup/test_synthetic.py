@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sanitize.errors import ConfigError
-from sanitize.synthetic import clip_like
+from sanitize.testing.synthetic import clip_like
 
 
 def test_rows_are_unit_and_seeded():

@@ -28,6 +28,6 @@ def tiny_name(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_name: str):
     """The tiny model with seeded random weights, on the CPU."""
-    from sanitize.models import load_clip
+    from sanitize.clip.models import load_clip
 
     return load_clip(tiny_name, None, device="cpu", seed=0)

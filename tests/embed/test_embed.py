@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sanitize.embed import ShardEmbeddings, embed_shard
+from sanitize.clip.embed import ShardEmbeddings, embed_shard
 from sanitize.errors import ConfigError, DataError
-from sanitize.images import decode_image
+from sanitize.io.images import decode_image
 
 from .test_images import encode, noise, png_claiming_size
 
@@ -222,7 +222,7 @@ def test_clip_retrieval_images_from_files_and_tars(tiny_model, shared_data):
 
 def test_real_vit_b32_matches_clip_retrieval_reference_when_weights_are_here(shared_data):
     """Golden test for machines that hold the OpenAI ViT-B/32 weights (skipped where they cannot be had)."""
-    from sanitize.models import load_clip
+    from sanitize.clip.models import load_clip
 
     try:
         model = load_clip("ViT-B-32", "openai", device="cpu")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from sanitize.errors import DataError
-from sanitize.images import ImageDecodeError, TarIndex, decode_image, read_local
+from sanitize.io.images import ImageDecodeError, TarIndex, decode_image, read_local
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:

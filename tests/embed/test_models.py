@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from sanitize.clip.models import load_clip, resolve_weights
 from sanitize.errors import ConfigError, DataError
-from sanitize.models import load_clip, resolve_weights
 
 from .conftest import TINY_CONFIG
 
@@ -70,7 +70,7 @@ def test_random_weights_follow_the_seed(tiny_name, tiny_model):
 
 
 def test_random_weights_log_a_loud_warning(tiny_name, caplog):
-    with caplog.at_level("WARNING", logger="sanitize.models"):
+    with caplog.at_level("WARNING", logger="sanitize.clip.models"):
         load_clip(tiny_name, None, device="cpu")
     assert "RANDOM weights" in caplog.text
 

@@ -20,20 +20,20 @@ if os.environ.get("CI") == "true":
 else:
     pytest.importorskip("ray")
 
+from sanitize.clip.models import load_clip
 from sanitize.dedup import find_duplicates
-from sanitize.demo import scripted_labeling
+from sanitize.demo.run import scripted_labeling
+from sanitize.demo.sample import make_sample
 from sanitize.engines import get_engine
 from sanitize.errors import ConfigError, DataError
-from sanitize.export import export_run
-from sanitize.manifest import open_manifest
-from sanitize.models import load_clip
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
-from sanitize.stages.audit import run_audit_stage
-from sanitize.stages.classify import run_classify_stage
-from sanitize.stages.dedup import run_dedup_stage
-from sanitize.stages.embed import run_embed_stage
-from sanitize.synthetic import clip_like
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.audit import run_audit_stage
+from sanitize.pipeline.stages.classify import run_classify_stage
+from sanitize.pipeline.stages.dedup import run_dedup_stage
+from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.pipeline.stages.export import export_run
+from sanitize.testing.synthetic import clip_like
 from tests.engines.ray_tasks import FailingWorker, offset_rows
 
 # Stats fields that measure the machine, not the result.

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sanitize.embeddings import open_embeddings, write_embedding_shard
 from sanitize.errors import DataError
+from sanitize.io.embeddings import open_embeddings, write_embedding_shard
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sanitize.errors import ConfigError, DataError
-from sanitize.manifest import open_manifest
+from sanitize.io.manifest import open_manifest
 
 
 def write(path, **cols):

@@ -1,18 +1,18 @@
-"""Each preset reads a fixture written in its tool's real layout (sanitize.fixtures documents the sources)."""
+"""Each preset reads a fixture written in its tool's real layout (sanitize.testing.fixtures documents the sources)."""
 
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
 
-from sanitize.embeddings import open_embeddings
-from sanitize.fixtures import (
+from sanitize.io.embeddings import open_embeddings
+from sanitize.io.manifest import open_manifest, url_caption_uids
+from sanitize.testing.fixtures import (
     write_clip_retrieval_fixture,
     write_datacomp_fixture,
     write_img2dataset_fixture,
     write_laion_fixture,
 )
-from sanitize.manifest import open_manifest, url_caption_uids
 
 
 def test_img2dataset_folder_with_tars(tmp_path):

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sanitize.errors import ConfigError, DataError
-from sanitize.export import export_run
-from sanitize.manifest import open_manifest
-from sanitize.runfolder import RunFolder
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.export import export_run
 
 
 @pytest.fixture

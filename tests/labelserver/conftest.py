@@ -13,14 +13,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sanitize.clip.models import load_clip
+from sanitize.demo.sample import make_sample
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver.app import LabelServer
 from sanitize.labelserver.session import LabelingSession
-from sanitize.manifest import open_manifest
-from sanitize.models import load_clip
-from sanitize.project import LabelProject
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
-from sanitize.stages.embed import run_embed_stage
+from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.safety.project import LabelProject
 
 CATEGORY = "sexual"
 SPEC = """

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sanitize.errors import ConfigError
+from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver.session import BatchNotDoneError, LabelingSession, NotInBatchError, StaleRoundError
-from sanitize.project import LabelProject
-from sanitize.runfolder import RunFolder
 from sanitize.safety.labels import LabelStore
+from sanitize.safety.project import LabelProject
 
 from .conftest import CATEGORY
 

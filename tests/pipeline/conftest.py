@@ -6,12 +6,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sanitize.atomic import write_text
-from sanitize.config import to_toml
-from sanitize.demo import demo_config, scripted_labeling
-from sanitize.pipeline import run_pipeline
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
+from sanitize.demo.run import demo_config, scripted_labeling
+from sanitize.demo.sample import make_sample
+from sanitize.io.atomic import write_text
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.config import to_toml
+from sanitize.pipeline.runner import run_pipeline
 
 
 class World:

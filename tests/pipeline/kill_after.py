@@ -2,7 +2,7 @@
 
     python tests/pipeline/kill_after.py PATTERN COUNT -- sanitize-args…
 
-Every file the package writes goes through `os.replace` (sanitize/atomic.py), so wrapping it stops the run at
+Every file the package writes goes through `os.replace` (sanitize/io/atomic.py), so wrapping it stops the run at
 an exact point of a stage (after a shard's marker, a clustering's checkpoint, the first audit report file)
 with a real SIGKILL: no cleanup, no flush, as after a crash. Exits 0 when PATTERN never matched COUNT times.
 """

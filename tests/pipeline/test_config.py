@@ -4,8 +4,15 @@ import re
 
 import pytest
 
-from sanitize.config import OPTIONS, default_config, load_config, planned_stages, resolve_config, starter_config
 from sanitize.errors import ConfigError
+from sanitize.pipeline.config import (
+    OPTIONS,
+    default_config,
+    load_config,
+    planned_stages,
+    resolve_config,
+    starter_config,
+)
 
 
 def test_starter_config_parses_to_the_defaults_and_uncommented_examples_parse(tmp_path):

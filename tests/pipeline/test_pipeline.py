@@ -76,7 +76,7 @@ def test_refuses_folders_that_hold_something_else(world, tmp_path):
     result = invoke(*world.args(tmp_path / "full"))
     assert result.exit_code == 2 and "folder is not empty and holds no run" in result.output
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
-    from sanitize.sample import make_sample
+    from sanitize.demo.sample import make_sample
 
     other = make_sample(tmp_path / "other", n_rows=120, seed=9, n_shards=1)
     run = world.embedded_copy(tmp_path / "run")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sanitize.errors import ConfigError
-from sanitize.fixtures import (
+from sanitize.testing.fixtures import (
     IMG2DATASET_COLUMNS,
     img2dataset_key,
     write_clip_retrieval_fixture,

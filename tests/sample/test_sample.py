@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+from sanitize.demo.sample import MAX_ROWS, VARIANT_KINDS, make_sample
 from sanitize.errors import ConfigError
-from sanitize.fixtures import IMG2DATASET_COLUMNS
-from sanitize.sample import MAX_ROWS, VARIANT_KINDS, make_sample
+from sanitize.testing.fixtures import IMG2DATASET_COLUMNS
 
 FEMALE_WORDS = {"woman", "girl", "mother", "she"}
 MALE_WORDS = {"man", "boy", "father", "he"}

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
+from sanitize.demo.sample import make_sample
 from sanitize.errors import ConfigError
-from sanitize.manifest import open_manifest
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
-from sanitize.stages.audit import run_audit_stage
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.audit import run_audit_stage
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 

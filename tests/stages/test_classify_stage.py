@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sanitize.embeddings import write_embedding_shard
 from sanitize.errors import ConfigError, DataError
-from sanitize.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
-from sanitize.runfolder import RunFolder
+from sanitize.io.embeddings import write_embedding_shard
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.classify import decision_table, gather_embeddings, run_classify_stage, score_rows
 from sanitize.safety.classifier import from_layers
-from sanitize.stages.classify import decision_table, gather_embeddings, run_classify_stage, score_rows
+from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
 
 SPEC = """
 [categories.ai_generated]

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from sanitize.embeddings import write_embedding_shard
 from sanitize.errors import ConfigError
-from sanitize.manifest import open_manifest
-from sanitize.runfolder import RunFolder
-from sanitize.stages.dedup import run_dedup_stage
+from sanitize.io.embeddings import write_embedding_shard
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.dedup import run_dedup_stage
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from sanitize.sample import make_sample
+from sanitize.demo.sample import make_sample
 
 
 def embed_cmd(manifest: Path, out: Path) -> list[str]:

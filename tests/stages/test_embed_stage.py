@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from sanitize.embeddings import open_embeddings
-from sanitize.fixtures import write_img2dataset_fixture
-from sanitize.manifest import open_manifest
-from sanitize.runfolder import RunFolder
-from sanitize.stages.embed import run_embed_stage
+from sanitize.io.embeddings import open_embeddings
+from sanitize.io.manifest import open_manifest
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.testing.fixtures import write_img2dataset_fixture
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -26,7 +26,7 @@ TINY_CONFIG = {
 def model(tmp_path_factory):
     import open_clip
 
-    from sanitize.models import load_clip
+    from sanitize.clip.models import load_clip
 
     path = tmp_path_factory.mktemp("cfg") / "stage-tiny-clip.json"
     path.write_text(json.dumps(TINY_CONFIG))

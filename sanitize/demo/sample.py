@@ -15,7 +15,7 @@
 
 The planted ground truth goes to `truth.parquet`, keyed by `uid`, apart from the manifest, so a pipeline run on the
 sample can be scored against it. Same arguments, same bytes: every random choice comes from one seeded generator,
-and files are written through `sanitize.atomic`.
+and files are written through `sanitize.io.atomic`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageEnhance
 
-from sanitize.atomic import write_bytes, write_json, write_parquet
 from sanitize.errors import ConfigError
-from sanitize.fixtures import Img2datasetSample, img2dataset_key, write_img2dataset_shard
+from sanitize.io.atomic import write_bytes, write_json, write_parquet
+from sanitize.testing.fixtures import Img2datasetSample, img2dataset_key, write_img2dataset_shard
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

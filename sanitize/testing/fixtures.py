@@ -12,7 +12,7 @@ Writers:
 - `write_datacomp_fixture`: DataComp CommonPool metadata parquet.
 - `write_clip_retrieval_fixture`: clip-retrieval inference output (img_emb/, text_emb/, metadata/).
 
-All files go through `sanitize.atomic`; the same arguments give byte-identical files.
+All files go through `sanitize.io.atomic`; the same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from sanitize.atomic import atomic_path, write_json, write_npy, write_parquet
 from sanitize.errors import ConfigError
+from sanitize.io.atomic import atomic_path, write_json, write_npy, write_parquet
 
 logger = logging.getLogger(__name__)
 

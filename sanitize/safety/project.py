@@ -34,12 +34,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.atomic import write_parquet, write_text
-from sanitize.embeddings import open_embeddings
 from sanitize.errors import ConfigError, DataError
-from sanitize.images import TarIndex, read_local
-from sanitize.manifest import read_parquet
-from sanitize.runfolder import RunFolder
+from sanitize.io.atomic import write_parquet, write_text
+from sanitize.io.embeddings import open_embeddings
+from sanitize.io.images import TarIndex, read_local
+from sanitize.io.manifest import read_parquet
+from sanitize.io.runfolder import RunFolder
 from sanitize.safety.audit_sample import RANDOM_AUDIT, draw_audit_sample
 from sanitize.safety.classifier import MIN_PER_CLASS, EmbeddingClassifier, load_classifier, save_classifier
 from sanitize.safety.contact_sheet import write_labeling_batch

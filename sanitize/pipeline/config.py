@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sanitize.clip.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from sanitize.errors import ConfigError
-from sanitize.images import DEFAULT_MAX_PIXELS
-from sanitize.manifest import PRESETS
-from sanitize.models import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from sanitize.io.images import DEFAULT_MAX_PIXELS
+from sanitize.io.manifest import PRESETS
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -43,11 +43,11 @@ from sanitize.audit import (
     zero_shot_attribute,
 )
 from sanitize.audit.specs import UNKNOWN
-from sanitize.embeddings import EmbeddingSource, open_embeddings
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError
-from sanitize.manifest import Manifest, read_parquet
-from sanitize.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.embeddings import EmbeddingSource, open_embeddings
+from sanitize.io.manifest import Manifest, read_parquet
+from sanitize.io.runfolder import RunFolder, peak_memory_mb
 
 logger = logging.getLogger(__name__)
 

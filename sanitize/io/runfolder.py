@@ -30,9 +30,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from sanitize import __version__, atomic
+from sanitize import __version__
 from sanitize.errors import ConfigError, DataError
-from sanitize.manifest import Manifest, ManifestSpec, list_shard_files, read_parquet
+from sanitize.io import atomic
+from sanitize.io.manifest import Manifest, ManifestSpec, list_shard_files, read_parquet
 
 logger = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import polars as pl
 
-from sanitize import atomic
-from sanitize.config import default_config, to_toml
+from sanitize.demo.sample import make_sample
 from sanitize.errors import ConfigError
-from sanitize.pipeline import run_pipeline
-from sanitize.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
-from sanitize.runfolder import RunFolder
-from sanitize.sample import make_sample
+from sanitize.io import atomic
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.config import default_config, to_toml
+from sanitize.pipeline.runner import run_pipeline
+from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ DEMO_MODEL = "sanitize-demo-clip"
 # near-duplicate threshold is far stricter than the 0.95 that suits real CLIP embeddings.
 DEMO_DEDUP_THRESHOLD = 0.999
 DEMO_AUDIT_ATTRIBUTES = ("caption_gender", "occupations")
-# The demo's categories are the sample's abstract stand-ins (see sanitize/sample.py); targets suit a 1,200-row pool.
+# The demo's categories are the sample's abstract stand-ins (see demo/sample.py); targets suit a 1,200-row pool.
 DEMO_SPEC = """
 [categories.sexual]
 description = "Demo stand-in: a cluster of skin-coloured blobs (abstract, nothing real)."

@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize import atomic
 from sanitize.errors import DataError
-from sanitize.manifest import PRESETS, canonical_table, list_shard_files, read_parquet
+from sanitize.io import atomic
+from sanitize.io.manifest import PRESETS, canonical_table, list_shard_files, read_parquet
 
 logger = logging.getLogger(__name__)
 

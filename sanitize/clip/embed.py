@@ -25,9 +25,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sanitize.clip.models import ClipModel
 from sanitize.errors import ConfigError
-from sanitize.images import DEFAULT_MAX_PIXELS, ImageDecodeError, TarIndex, decode_image, read_local
-from sanitize.models import ClipModel
+from sanitize.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, TarIndex, decode_image, read_local
 
 logger = logging.getLogger(__name__)
 

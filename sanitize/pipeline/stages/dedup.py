@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sanitize import atomic
 from sanitize.dedup import find_duplicates
-from sanitize.embeddings import EmbeddingSource, open_embeddings
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
-from sanitize.manifest import read_parquet
-from sanitize.runfolder import RunFolder, peak_memory_mb
+from sanitize.io import atomic
+from sanitize.io.embeddings import EmbeddingSource, open_embeddings
+from sanitize.io.manifest import read_parquet
+from sanitize.io.runfolder import RunFolder, peak_memory_mb
 
 logger = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.embed import OK, embed_shard
-from sanitize.embeddings import write_embedding_shard
+from sanitize.clip.embed import OK, embed_shard
+from sanitize.clip.models import ClipModel
 from sanitize.engines import Engine, resolve_engine
-from sanitize.images import DEFAULT_MAX_PIXELS
-from sanitize.manifest import Manifest
-from sanitize.models import ClipModel
-from sanitize.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.embeddings import write_embedding_shard
+from sanitize.io.images import DEFAULT_MAX_PIXELS
+from sanitize.io.manifest import Manifest
+from sanitize.io.runfolder import RunFolder, peak_memory_mb
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class EmbedShardWorker:
 
     def setup(self) -> None:
         if self.model is None:
-            from sanitize.models import load_clip
+            from sanitize.clip.models import load_clip
 
             c = self.model_config
             self.model = load_clip(c["model"], c["pretrained"], precision=c["precision"], seed=c["seed"])
@@ -156,8 +156,8 @@ def load_run_model(run: RunFolder, *, device: str | None = None) -> ClipModel:
 
     Raises ConfigError when the run has no embed stage or the weights are not on this machine.
     """
+    from sanitize.clip.models import load_clip
     from sanitize.errors import ConfigError
-    from sanitize.models import load_clip
 
     config = run.stage_config(STAGE)
     if config is None:

@@ -1,6 +1,6 @@
 """`sanitize run`: the stages embed → classify → dedup → audit → export over one run folder, from one config.
 
-Each stage is the same function its own command calls (sanitize/stages/, sanitize/export.py), so a pipeline
+Each stage is the same function its own command calls (sanitize/pipeline/stages/), so a pipeline
 run and a sequence of single commands write the same files. The pipeline adds:
 
 - a plan (`plan_pipeline`): which stages run, which are skipped and why; `--dry-run` prints it;
@@ -25,12 +25,12 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from sanitize import atomic
-from sanitize.config import planned_stages
 from sanitize.engines import get_engine
 from sanitize.errors import ConfigError
-from sanitize.manifest import Manifest, open_manifest
-from sanitize.runfolder import RunFolder, config_fingerprint, peak_memory_mb
+from sanitize.io import atomic
+from sanitize.io.manifest import Manifest, open_manifest
+from sanitize.io.runfolder import RunFolder, config_fingerprint, peak_memory_mb
+from sanitize.pipeline.config import planned_stages
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_pipeline(
     runs = [p.stage for p in plans if p.action == "run"]
     model = None
     if "embed" in runs:  # fails fast (missing weights) before the run folder is touched
-        from sanitize.models import load_clip
+        from sanitize.clip.models import load_clip
 
         e = config["embed"]
         model = load_clip(e["model"], e["pretrained"], device=e["device"], precision=e["precision"],
@@ -178,20 +178,20 @@ def _run_stage(stage, manifest, run, config, model, engine, progress) -> dict[st
     # Stage modules are imported when run: dedup loads FAISS and embed torch, which a dry run never needs.
     seed = config["run"]["seed"]
     if stage == "embed":
-        from sanitize.stages.embed import run_embed_stage
+        from sanitize.pipeline.stages.embed import run_embed_stage
 
         e = config["embed"]
         bar = (lambda n: progress("embed", n)) if progress else None
         return run_embed_stage(manifest, run, model, batch_size=e["batch_size"], num_workers=e["workers"],
                                max_pixels=e["max_pixels"], progress=bar, engine=engine)
     if stage == "classify":
-        from sanitize.project import LabelProject
-        from sanitize.stages.classify import run_classify_stage
+        from sanitize.pipeline.stages.classify import run_classify_stage
+        from sanitize.safety.project import LabelProject
 
         c = config["classify"]
         return run_classify_stage(run, LabelProject.open(c["project"]), c["categories"] or None, engine=engine)
     if stage == "dedup":
-        from sanitize.stages.dedup import run_dedup_stage
+        from sanitize.pipeline.stages.dedup import run_dedup_stage
 
         d = config["dedup"]
         return run_dedup_stage(run.path, threshold=d["threshold"], n_clusterings=d["clusterings"],
@@ -200,8 +200,8 @@ def _run_stage(stage, manifest, run, config, model, engine, progress) -> dict[st
                                require_normalized=d["require_normalized"], recall_sample=d["recall_sample"],
                                engine=engine)
     if stage == "audit":
-        from sanitize.stages.audit import resolve_attribute, run_audit_stage
-        from sanitize.stages.embed import load_run_model
+        from sanitize.pipeline.stages.audit import resolve_attribute, run_audit_stage
+        from sanitize.pipeline.stages.embed import load_run_model
 
         a = config["audit"]
         encode_text = None
@@ -209,7 +209,7 @@ def _run_stage(stage, manifest, run, config, model, engine, progress) -> dict[st
             encode_text = load_run_model(run, device=a["device"]).encode_text
         return run_audit_stage(run, attributes=a["attributes"], encode_text=encode_text,
                                weight_on=a["weight_on"] or None, target=a["target"] or None, engine=engine)
-    from sanitize.export import export_run
+    from sanitize.pipeline.stages.export import export_run
 
     return export_run(run, config["export"]["out"])
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
-from sanitize import atomic
-from sanitize.runfolder import RunFolder
+from sanitize.io import atomic
+from sanitize.io.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
 

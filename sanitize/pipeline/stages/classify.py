@@ -30,17 +30,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sanitize.atomic import write_json
-from sanitize.embeddings import EmbeddingSource, open_embeddings
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
-from sanitize.manifest import read_parquet
-from sanitize.project import LabelProject, metadata_files
-from sanitize.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.atomic import write_json
+from sanitize.io.embeddings import EmbeddingSource, open_embeddings
+from sanitize.io.manifest import read_parquet
+from sanitize.io.runfolder import RunFolder, peak_memory_mb
 from sanitize.safety.audit_sample import audit_labels
 from sanitize.safety.classifier import EmbeddingClassifier
 from sanitize.safety.estimates import estimate_removal_rate, precision_at
 from sanitize.safety.pool import member_mask
+from sanitize.safety.project import LabelProject, metadata_files
 from sanitize.safety.thresholds import ThresholdCertificate, certified_threshold
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 # Architectures shipped as data (e.g. `sanitize-demo-clip`, the demo's small model), registered with open_clip.
-PACKAGED_CONFIGS = Path(__file__).parent / "resources" / "models"
+PACKAGED_CONFIGS = Path(__file__).parent.parent / "resources" / "models"
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 # File names open_clip's hub repos use for their weights, safetensors first (no pickle).
@@ -166,7 +166,7 @@ def load_clip(
     machine (the message says how to supply them), for an unknown architecture, tag or device. Raises
     DataError when a checkpoint file exists but cannot be loaded into the architecture.
     """
-    import open_clip  # heavy import (torchvision); keep `import sanitize.models` cheap
+    import open_clip  # heavy import (torchvision); keep `import sanitize.clip.models` cheap
 
     open_clip.add_model_config(PACKAGED_CONFIGS)
     torch_device = _resolve_device(device)

@@ -1,0 +1,1 @@
+"""The offline demo: a generated sample and a scripted run of the whole pipeline."""

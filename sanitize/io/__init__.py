@@ -1,0 +1,1 @@
+"""Reading and writing: manifests, embeddings, images, the run folder, atomic writes."""

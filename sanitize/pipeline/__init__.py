@@ -1,0 +1,1 @@
+"""The pipeline: its config, the stage contract, the runner, and the stages."""

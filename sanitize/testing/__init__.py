@@ -1,0 +1,1 @@
+"""Data generators for tests and benchmarks: real-layout fixtures, synthetic embeddings."""
