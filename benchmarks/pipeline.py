@@ -43,10 +43,12 @@ from sanitize.io.atomic import write_json, write_parquet  # noqa: E402
 from sanitize.io.embeddings import write_embedding_shard  # noqa: E402
 from sanitize.io.manifest import open_manifest  # noqa: E402
 from sanitize.io.runfolder import RunFolder  # noqa: E402
-from sanitize.pipeline.stages.audit import run_audit_stage  # noqa: E402
-from sanitize.pipeline.stages.classify import run_classify_stage  # noqa: E402
-from sanitize.pipeline.stages.dedup import run_dedup_stage  # noqa: E402
-from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch  # noqa: E402
+from sanitize.pipeline.stage import run_stage  # noqa: E402
+from sanitize.pipeline.stages.audit import AuditConfig, AuditStage  # noqa: E402
+from sanitize.pipeline.stages.classify import ClassifyConfig, ClassifyStage  # noqa: E402
+from sanitize.pipeline.stages.dedup import DedupStage  # noqa: E402
+from sanitize.safety.project import LabelProject  # noqa: E402
+from sanitize.safety.workflow import add_answers, draw_audit_batch  # noqa: E402
 from sanitize.testing.synthetic import clip_like  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "pipeline.json"
@@ -122,12 +124,11 @@ def run(rows: int, shards: int, ray_cpus: int, work: Path) -> dict:
 
 def stage_timings(run: RunFolder, project: LabelProject, engine, rows: int) -> dict:
     out = {}
-    calls = {
-        "classify": lambda: run_classify_stage(run, project, engine=engine),
-        "dedup": lambda: run_dedup_stage(run.path, engine=engine),
-        "audit": lambda: run_audit_stage(run, attributes=("caption_gender", "occupations"),
-                                         weight_on=["caption_gender"], engine=engine),
-    }
+    audit = AuditConfig(attributes=("caption_gender", "occupations"), weight_on=("caption_gender",))
+    stages = {"classify": ClassifyStage(ClassifyConfig(project=str(project.path))), "dedup": DedupStage(),
+              "audit": AuditStage(audit)}
+    calls = {name: (lambda stage=stage: run_stage(stage, run, engine=engine).to_dict())
+             for name, stage in stages.items()}
     for stage in STAGES:
         t = time.perf_counter()
         with Watch(ray=engine is not None) as watch:
@@ -135,7 +136,7 @@ def stage_timings(run: RunFolder, project: LabelProject, engine, rows: int) -> d
         seconds = time.perf_counter() - t
         out[stage] = {"seconds": round(seconds, 2), "rows_per_second": round(rows / seconds), **watch.summary()}
         if stage == "dedup":  # seconds per phase: which phases the engine spreads over workers
-            out[stage]["phases"] = {k: round(v, 2) for k, v in stats["seconds"].items()}
+            out[stage]["phases"] = {k: round(v, 2) for k, v in stats["phase_seconds"].items()}
         log(f"{engine.name if engine else 'local'} {stage}: {out[stage]}")
     return out
 

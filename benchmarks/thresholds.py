@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sanitize.io.atomic import write_json
 from sanitize.safety.estimates import removal_rate
-from sanitize.safety.thresholds import certified_threshold, simulate_violation_rate
+from sanitize.safety.thresholds import certified_threshold
+from sanitize.testing.simulation import simulate_violation_rate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "thresholds.json"
 

@@ -5,21 +5,23 @@ from __future__ import annotations
 import click
 
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.classify import run_classify_stage
-from sanitize.safety.project import LabelProject
+from sanitize.pipeline.options import click_options, from_cli
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.classify import ClassifyConfig, ClassifyStage
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
 
 
 @cli.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--project", required=True, type=click.Path(file_okay=False), help="Labeling project folder.")
-@click.option("--category", "categories", multiple=True,
-              help="Category to filter (repeatable); default: every category with a classifier.")
+@click_options("classify", ClassifyConfig)
 @json_option
-def classify(run, project, categories, as_json):
+def classify(run, as_json, **values):
     """Certify a recall-favouring threshold per category from random-audit labels and filter every row of RUN."""
-    summary = run_classify_stage(RunFolder.open(run), LabelProject.open(project), categories or None)
+    config = from_cli("classify", ClassifyConfig, values)
+    if not config.project:
+        raise click.UsageError("--project is required: the labeling project with the classifiers")
+    summary = run_stage(ClassifyStage(config), RunFolder.open(run)).to_dict()
     lines = ["| category | rows | removed | removal rate | threshold | certified | recall ≥ (conf.) |",
              "|---|---:|---:|---:|---:|---|---:|"]
     notes = []

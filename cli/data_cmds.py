@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.export import export_run
+from sanitize.pipeline.options import click_options, from_cli
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.export import ExportConfig, ExportStage
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from
 
@@ -14,9 +16,9 @@ from sanitize_cli.options import json_option, manifest_options, open_manifest_fr
 @click.argument("manifest")
 @manifest_options
 @json_option
-def inspect(manifest, preset, id_col, caption_col, image_col, url_col, image_root, as_json):
+def inspect(manifest, as_json, **values):
     """Read MANIFEST (file, glob or folder), check that uids are unique, and describe it."""
-    m = open_manifest_from(manifest, preset, id_col, caption_col, image_col, url_col, image_root)
+    m = open_manifest_from(manifest, values)
     rows = m.check_unique_uids()
     first = m.read_shard(0)
     summary = {
@@ -35,10 +37,10 @@ def inspect(manifest, preset, id_col, caption_col, image_col, url_col, image_roo
 
 @cli.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/export).")
+@click_options("export", ExportConfig)
 @json_option
-def export(run, out, as_json):
+def export(run, as_json, **values):
     """Write the rows no stage removed, with the input's own columns, plus removed.parquet with reasons."""
-    summary = export_run(RunFolder.open(run), out)
-    emit(summary, as_json, [f"kept {summary['kept']} of {summary['rows']} rows, removed {summary['removed']}; "
-                            f"written to {summary['out']}"])
+    summary = run_stage(ExportStage(from_cli("export", ExportConfig, values)), RunFolder.open(run)).to_dict()
+    emit(summary, as_json, [f"kept {summary['kept']} of {summary['rows_in']} rows, removed "
+                            f"{summary['rows_in'] - summary['kept']}; written to {summary['out']}"])

@@ -6,6 +6,7 @@ import click
 from tqdm import tqdm
 
 from sanitize.demo.run import run_demo
+from sanitize.engines import ENGINES
 from sanitize.pipeline.runner import format_table
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
@@ -16,7 +17,7 @@ from sanitize_cli.options import json_option
 @click.option("--rows", default=1200, show_default=True, type=click.IntRange(100, 2000), help="Sample size.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample and of the demo model.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0), help="Decoding processes.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="Run the pipeline in this process or on a local Ray.")
 @json_option
 def demo(out, rows, seed, workers, engine, as_json):

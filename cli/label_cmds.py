@@ -7,17 +7,13 @@ import click
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.stages.embed import load_run_model
 from sanitize.safety.audit_sample import STRATEGIES as AUDIT_STRATEGIES
+from sanitize.safety.classifier import MIN_PER_CLASS
 from sanitize.safety.labels import ON_CONFLICT, SOURCES, LabelConflictError, UnknownUidError
-from sanitize.safety.project import (
-    LabelProject,
-    add_answers,
-    category_status,
-    draw_audit_batch,
-    propose_next_batch,
-)
+from sanitize.safety.project import LabelProject
 from sanitize.safety.strategies import COLD_START, STRATEGIES
+from sanitize.safety.workflow import add_answers, category_status, draw_audit_batch, propose_next_batch
 from sanitize_cli.main import cli, emit
-from sanitize_cli.options import json_option
+from sanitize_cli.options import json_option, seed_option
 
 project_option = click.option("--project", required=True, type=click.Path(file_okay=False),
                               help="Labeling project folder (from `sanitize label init`).")
@@ -26,7 +22,6 @@ run_option = click.option("--run", "run", required=True, type=click.Path(exists=
 conflict_option = click.option(
     "--on-conflict", type=click.Choice(ON_CONFLICT), default="raise", show_default=True,
     help="Answers that contradict stored ones: raise (list them, store nothing), skip them, or override.")
-seed_option = click.option("--seed", default=0, show_default=True, help="Seed of every random choice.")
 
 
 @cli.group()
@@ -139,7 +134,8 @@ def import_(category, file, project, run, source, annotator, on_conflict, seed, 
 @seed_option
 @json_option
 def status(category, project, run, seed, as_json):
-    """Labels by source and round, cross-validated quality and removal rate, per category (or one)."""
+    """Labels by source and round, cross-validated quality, removal rate, and whether the saved classifier is
+    current, per category (or one). Reads only: a stale classifier is reported, not retrained."""
     folder = LabelProject.open(project)
     names = [category] if category else folder.spec.names
     run_folder = RunFolder.open(run) if run else None
@@ -149,12 +145,26 @@ def status(category, project, run, seed, as_json):
         lines.append(report["markdown"].rstrip("\n"))
         audit = report["audit"]
         lines.append(f"audit sample: {audit['drawn'] or 0} drawn, {audit['labelled']} random-audit labels")
+        lines.append(_classifier_line(report))
         cert = report["certificate"]
         if cert:
             lines.append(f"last certificate: threshold {cert['threshold']}, certified {cert['certified']}, "
                          f"recall ≥ {cert['recall_lower_bound']:.4f} at {cert['confidence']:.0%}")
         lines.append("")
     emit({"categories": [{k: v for k, v in r.items() if k != "markdown"} for r in reports]}, as_json, lines)
+
+
+def _classifier_line(report: dict) -> str:
+    """One line on the saved classifier of a `category_status` report: current, stale (and how to fix), or none."""
+    now, saved = report["classifier_labels"]["current"], report["classifier_labels"]["saved"]
+    labels = f"{now['positive']} positive / {now['negative']} negative seed+active labels"
+    if report["classifier_current"]:
+        return f"classifier: current (trained on the {labels})"
+    if min(now["positive"], now["negative"]) < MIN_PER_CLASS:
+        return f"classifier: none for the current labels ({labels}; training needs {MIN_PER_CLASS} of each)"
+    saved_on = "none saved" if saved is None else f"saved one trained on {saved['positive']} / {saved['negative']}"
+    return (f"classifier: not current ({saved_on}, labels now {labels}); "
+            "`sanitize label next` or `label add` retrains and saves it")
 
 
 @label.command("audit-sample")

@@ -13,7 +13,8 @@ from sanitize.labelserver.session import LabelingSession
 from sanitize.pipeline.stages.embed import load_run_model
 from sanitize.safety.project import LabelProject
 from sanitize.safety.strategies import COLD_START, STRATEGIES
-from sanitize_cli.label_cmds import label, project_option, run_option, seed_option
+from sanitize_cli.label_cmds import label, project_option, run_option
+from sanitize_cli.options import seed_option
 
 DEFAULT_HOST = "127.0.0.1"
 

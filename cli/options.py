@@ -1,29 +1,23 @@
-"""Options shared by several commands."""
+"""Options shared by several commands. Stage options come from the stages' config dataclasses
+(`sanitize.pipeline.options.click_options`), so a default is written once, in the dataclass."""
 
 from __future__ import annotations
 
 import click
 
-from sanitize.io.manifest import PRESETS, Manifest, open_manifest
+from sanitize.io.manifest import Manifest, open_manifest
+from sanitize.pipeline.config import InputConfig, RunConfig
+from sanitize.pipeline.options import click_options, from_cli, section_dict
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of text.")
 
+# The options that say how to read a manifest: the [input] section.
+manifest_options = click_options("input", InputConfig)
 
-def manifest_options(f):
-    """The options that say how to read a manifest (preset and explicit column mapping)."""
-    for opt in reversed([
-        click.option("--preset", type=click.Choice(["auto", *PRESETS]), default="auto", show_default=True,
-                     help="Layout of the manifest (the tool that wrote it)."),
-        click.option("--id-col", help="Column with a stable unique id per row."),
-        click.option("--caption-col", help="Column with the caption."),
-        click.option("--image-col", help="Column with the image path (relative to --image-root)."),
-        click.option("--url-col", help="Column with the image URL."),
-        click.option("--image-root", type=click.Path(file_okay=False), help="Folder that image paths are relative to."),
-    ]):
-        f = opt(f)
-    return f
+# --seed: the [run] section's seed, for commands that make random choices.
+seed_option = click_options("run", RunConfig, only=("seed",))
 
 
-def open_manifest_from(manifest: str, preset: str, id_col, caption_col, image_col, url_col, image_root) -> Manifest:
-    return open_manifest(manifest, preset=preset, id_col=id_col, caption_col=caption_col, image_col=image_col,
-                         url_col=url_col, image_root=image_root)
+def open_manifest_from(manifest: str, values: dict) -> Manifest:
+    """Open `manifest` with the [input] options among a command's parsed `values`."""
+    return open_manifest(manifest, **section_dict(from_cli("input", InputConfig, values)))

@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from sanitize.errors import ConfigError
 from sanitize.io.atomic import write_text
-from sanitize.pipeline.config import STAGES, load_config, starter_config, to_toml
+from sanitize.pipeline.config import STAGES, RunConfig, load_config, starter_config, to_toml
+from sanitize.pipeline.options import click_options
 from sanitize.pipeline.runner import format_table, open_input, plan_pipeline, run_pipeline
 from sanitize_cli.main import cli, emit
 from sanitize_cli.options import json_option
@@ -24,9 +25,7 @@ from sanitize_cli.options import json_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config key (repeatable), e.g. --set dedup.threshold=0.9.")
-@click.option("--skip", multiple=True, type=click.Choice(STAGES), help="Do not run this stage (repeatable).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), help="Override run.engine.")
-@click.option("--ray-address", help="Override run.ray_address ('auto', 'ray://host:10001').")
+@click_options("run", RunConfig, only=("skip", "engine", "ray_address"), overrides=True)
 @click.option("--resume", is_flag=True, help="Continue a run in OUT whose config differs (changed stages rerun).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and plan, run nothing.")
 @json_option
@@ -38,12 +37,12 @@ def run_(manifest, config_path, out, overrides, skip, engine, ray_address, resum
     if ray_address:
         extra.append(f"run.ray_address={json.dumps(ray_address)}")
     config = load_config(config_path, extra)
-    config["run"]["skip"] = sorted(set(config["run"]["skip"]) | set(skip), key=STAGES.index)
+    config = config.replace("run", skip=sorted(set(config.run.skip) | set(skip), key=STAGES.index))
     if dry_run:
         plans = plan_pipeline(open_input(manifest, config), config, out, resume=resume)
-        summary = {"config": config, "plan": [asdict(p) for p in plans], "out": out}
+        summary = {"config": config.to_dict(), "plan": [asdict(p) for p in plans], "out": out}
         emit(summary, as_json, [
-            f"plan for {manifest} -> {out} ({config['run']['engine']} engine):",
+            f"plan for {manifest} -> {out} ({config.run.engine} engine):",
             *(f"  {p.stage:9s} {p.action:4s}  {p.why}" for p in plans),
             "", "resolved config:", *("  " + line for line in to_toml(config).splitlines()),
         ])

@@ -28,8 +28,9 @@ from sanitize.io.atomic import atomic_path
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver import LabelingSession, LabelServer
-from sanitize.pipeline.stages.classify import run_classify_stage
-from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.classify import ClassifyConfig, ClassifyStage
+from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
 
 CATEGORY = "violence"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,10 +42,11 @@ def build_demo(workdir: Path) -> tuple[RunFolder, Path, pl.DataFrame]:
     info = make_sample(workdir / "sample", n_rows=400, seed=0)
     manifest = open_manifest(info.manifest)
     run = RunFolder.create(workdir / "run", manifest)
-    run_embed_stage(manifest, run, load_clip(DEMO_MODEL, None, device="cpu", seed=0), batch_size=64, num_workers=0)
+    model = load_clip(DEMO_MODEL, None, device="cpu", seed=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=64, workers=0), model=model), run)
     truth = pl.read_parquet(info.truth)
     project = scripted_labeling(workdir / "project", run, truth, seed=0, batch=20, audit=150)
-    run_classify_stage(run, project)
+    run_stage(ClassifyStage(ClassifyConfig(project=str(project.path))), run)
     return run, project.path, truth
 
 

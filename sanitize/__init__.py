@@ -4,4 +4,4 @@ Stages: embed (CLIP), classify (certified safety filters), dedup (union of k-mea
 audit (who the filters removed, and weights that undo the shift), export.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Confidence intervals shared by the stages (audit removal rates, dedup recall, classifier estimates)."""
+"""Confidence intervals shared by the stages (audit removal rates, dedup recall)."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_demo_is_sanitize_run_with_its_written_config(tmp_path):
     assert truth["planted_pairs_found"] <= truth["pairs_found"]
     # The written config reproduces the run: `sanitize run` on it finds every stage finished and changes nothing.
     config = load_config(tmp_path / "d" / "sanitize.toml")
-    assert config["embed"]["model"] == "sanitize-demo-clip" and config["classify"]["project"]
+    assert config["embed"].model == "sanitize-demo-clip" and config["classify"].project
     removed = (tmp_path / "d" / "run" / "export" / "removed.parquet").read_bytes()
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "d" / "sample" / "shards"), "--config",
                                       str(tmp_path / "d" / "sanitize.toml"), "--out", str(tmp_path / "d" / "run")])

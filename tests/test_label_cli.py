@@ -21,8 +21,10 @@ from sanitize.clip.models import load_clip
 from sanitize.demo.sample import make_sample
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
 from sanitize.safety.classifier import from_layers, save_classifier
+from sanitize.safety.labels import LabelStore
 from sanitize_cli import classify_cmd, label_cmds  # noqa: F401  (registers the commands)
 from sanitize_cli.main import cli
 
@@ -48,8 +50,8 @@ def embedded(tmp_path_factory):
     info = make_sample(root / "sample", n_rows=400, seed=0)
     manifest = open_manifest(info.manifest)
     run = RunFolder.create(root / "run", manifest)
-    run_embed_stage(manifest, run, load_clip("sanitize-demo-clip", None, device="cpu", seed=0), batch_size=64,
-                    num_workers=0)
+    model = load_clip("sanitize-demo-clip", None, device="cpu", seed=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=64, workers=0), model=model), run)
     truth = pl.read_parquet(info.truth)
     embedded = set(pl.concat([pl.read_parquet(p) for p in sorted((run.embeddings_dir / "metadata").glob("*"))])
                    ["uid"].to_list())
@@ -149,16 +151,52 @@ def test_status_reports_sources_rounds_and_cv(labelled):
     assert "## sexual" in text and "## violence" in text
 
 
+def folder_state(*folders: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every folder (None) and file (bytes, mtime) under `folders`, by path."""
+    state: dict[str, tuple[bytes, int] | None] = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            state[str(path)] = (path.read_bytes(), path.stat().st_mtime_ns) if path.is_file() else None
+    return state
+
+
+def test_status_writes_nothing_and_reports_a_stale_classifier(embedded, tmp_path):
+    """`label status` only reads: with labels newer than the saved classifier it says so and retrains nothing."""
+    _root, run, truth = embedded
+    project = tmp_path / "p"
+    invoke("label", "init", project)
+    invoke("label", "import", "sexual", seed_file(tmp_path / "s.csv", truth, "sexual", 6, 20), "--project", project,
+           "--run", run)
+    later = truth.filter(pl.col("sexual") == 0).slice(20, 5)
+    LabelStore(project, "sexual").add(later["uid"].to_list(), later["sexual"].to_list(), source="active", round=1)
+    before = folder_state(project, run)
+
+    out = json.loads(invoke("label", "status", "sexual", "--project", project, "--run", run, "--json").stdout)
+    text = invoke("label", "status", "--project", project, "--run", run).stdout
+
+    assert folder_state(project, run) == before
+    status = out["categories"][0]
+    assert status["classifier_current"] is False and status["removal_rate"] is not None
+    assert status["classifier_labels"] == {"current": {"positive": 6, "negative": 25},
+                                           "saved": {"positive": 6, "negative": 20}}
+    assert "classifier: not current" in text
+    invoke("label", "add", "sexual", seed_file(tmp_path / "s.csv", truth, "sexual", 6, 20), "--project", project,
+           "--run", run)  # a writer retrains and saves
+    out = json.loads(invoke("label", "status", "sexual", "--project", project, "--json").stdout)
+    assert out["categories"][0]["classifier_current"] is True
+
+
 def test_classify_certifies_filters_and_resumes(labelled):
     _root, run, project = labelled
     out = json.loads(invoke("classify", run, "--project", project, "--json").stdout)
     sexual, violence = out["categories"]["sexual"], out["categories"]["violence"]
     assert not sexual["certified"] and sexual["more_labels_needed"] > 0  # 0.99 needs ~299 audit positives
     assert violence["certified"] and violence["recall_lower_bound"] >= 0.6
-    report = json.loads((project / "thresholds" / "violence.json").read_text())
+    report = json.loads((Path(run) / "stages" / "classify" / "violence" / "certificate.json").read_text())
+    assert not (project / "thresholds").exists()  # the run holds what the run produced
     assert report["labels"]["design"] == "stratified" and report["certificate"]["certified"]
     assert 0 <= report["precision"]["lower"] <= report["precision"]["upper"] <= 1
-    stage = pq.read_table(Path(run) / "stages" / "violence" / "00000.parquet")
+    stage = pq.read_table(Path(run) / "stages" / "classify" / "violence" / "00000.parquet")
     assert stage.column_names == ["uid", "keep", "reason", "score"]
     for keep, reason, score in zip(*(stage[c].to_pylist() for c in ("keep", "reason", "score")), strict=True):
         if keep:
@@ -166,16 +204,16 @@ def test_classify_certifies_filters_and_resumes(labelled):
         else:
             assert re.fullmatch(r"violence:\d\.\d{3}>=\d\.\d{3}", reason)
     stats = json.loads((Path(run) / "stats.json").read_text())
-    assert stats["violence"]["rows_in"] == sexual["rows_in"] > 300
+    assert stats["classify"]["categories"]["violence"]["rows_in"] == sexual["rows_in"] > 300
     assert "sexual&violence" in stats["classify"]["overlap"]["pairs"]
     table = invoke("classify", run, "--project", project).stdout
     assert "| violence |" in table and "more random-audit labels needed" in table
 
     # Resume: finished shards are reused; a deleted marker recomputes exactly that shard, byte-identical.
-    shard0, shard1 = (Path(run) / "stages" / "violence" / f"0000{i}.parquet" for i in (0, 1))
+    shard0, shard1 = (Path(run) / "stages" / "classify" / "violence" / f"0000{i}.parquet" for i in (0, 1))
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (shard0, shard1)}
-    (Path(run) / "stages" / "violence" / "_done" / "00001").unlink()
-    invoke("classify", run, "--project", project, "--category", "violence")
+    (Path(run) / "stages" / "classify" / "_done" / "00001").unlink()
+    invoke("classify", run, "--project", project)
     assert shard0.stat().st_mtime_ns == before[shard0][1]
     assert shard1.stat().st_mtime_ns != before[shard1][1] and shard1.read_bytes() == before[shard1][0]
 
@@ -248,7 +286,7 @@ def test_levels_outside_unit_interval_are_config_errors(tmp_path, key, value):
     assert result.exit_code == 2 and key in result.stderr and "between 0 and 1" in result.stderr
 
 
-def test_init_refuses_a_different_spec_and_reserved_names(embedded, tmp_path):
+def test_init_refuses_a_different_spec_and_stage_names_are_not_reserved(embedded, tmp_path):
     run = embedded[1]
     project = tmp_path / "p"
     invoke("label", "init", project)
@@ -258,8 +296,9 @@ def test_init_refuses_a_different_spec_and_reserved_names(embedded, tmp_path):
     result = invoke("label", "init", project, "--spec", other, ok=False)
     assert result.exit_code == 2 and "different category spec" in result.stderr
     invoke("label", "init", tmp_path / "q", "--spec", other)
-    result = invoke("label", "next", "embed", "--project", tmp_path / "q", "--run", run, ok=False)
-    assert result.exit_code == 2 and "reserved" in result.stderr
+    # Categories live under stages/classify/ in a run: a category may be named like a stage.
+    result = invoke("label", "next", "embed", "--project", tmp_path / "q", "--run", run, "--n", 5, "--json")
+    assert json.loads(result.stdout)["rows"] == 5
 
 
 def test_seed_import_by_image_path(tmp_path):
@@ -268,8 +307,8 @@ def test_seed_import_by_image_path(tmp_path):
     info = make_sample(tmp_path / "sample", n_rows=120, seed=2, layout="files", n_shards=1)
     manifest = open_manifest(info.manifest)
     run = RunFolder.create(tmp_path / "run", manifest)
-    run_embed_stage(manifest, run, load_clip("sanitize-demo-clip", None, device="cpu", seed=0), batch_size=64,
-                    num_workers=0)
+    model = load_clip("sanitize-demo-clip", None, device="cpu", seed=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=64, workers=0), model=model), run)
     meta = pl.concat([pl.read_parquet(p) for p in sorted((run.embeddings_dir / "metadata").glob("*"))])
     truth = pl.read_parquet(info.truth).join(meta.select("uid", "image"), on="uid")
     pos = truth.filter(pl.col("sexual") == 1).head(6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from html import escape
 
 BEFORE = "#9aa5b1"
@@ -167,8 +167,8 @@ def _heat_colour(v: float, vmax: float) -> str:
 def heatmap(
     rows: Sequence[str],
     cols: Sequence[str],
-    values: dict[tuple[str, str], float | None],
-    suppressed: set[tuple[str, str]],
+    values: Mapping[tuple[str, str], float | None],
+    suppressed: Set[tuple[str, str]],
     title: str,
     min_cell: int,
     cell_w: int = 86,

@@ -146,9 +146,46 @@ def weighting_plan(
     `target` None restores the pre-filter distribution of `attributes` (joint when poststratifying, marginals
     when raking); otherwise {attribute: {group: share}} (or {group: share} for one attribute) with shares
     summing to 1. `method` defaults to "poststratify" for the pre-filter target or one attribute, "rake" for
-    user targets on several attributes. Raises ConfigError on bad attributes, targets or methods.
+    user targets on several attributes. Raises ConfigError on bad attributes, targets or methods, DataError
+    when no row is kept through `stage`.
     """
     attributes = tuple(attributes)
+    stage, user, method = _checked_request(counts, attributes, target, method, stage, max_iter, tol)
+    cells = _kept_cells(counts, attributes, stage)
+    kept = cells["kept"].to_numpy().astype(np.float64)
+    targets = {a: _target_shares(cells, a, None if user is None else user.get(a)) for a in attributes}
+    weight, iterations, unreachable = _cell_weights(cells, attributes, targets, method, max_iter, tol)
+    weight = weight * kept.sum() / float((kept * weight).sum())  # mean 1 over the kept rows
+    cells = cells.with_columns(pl.Series("weight", weight))
+    if unreachable:
+        logger.warning("weighting: %d target group(s) have no kept rows: %s", len(unreachable), unreachable[:5])
+    return WeightingPlan(
+        attributes=attributes,
+        method=method,
+        stage=stage,
+        stages=counts.stages[: counts.stages.index(stage) + 1],
+        cells=cells,
+        targets=targets,
+        user_target=user is not None,
+        ess=kish_ess(weight, kept),
+        kept_rows=int(kept.sum()),
+        shift_unweighted={a: _shift(_shares(cells, a, kept), targets[a]) for a in attributes},
+        shift_weighted={a: _shift(_shares(cells, a, kept * weight), targets[a]) for a in attributes},
+        unreachable=unreachable,
+        iterations=iterations,
+    )
+
+
+def _checked_request(
+    counts: CountTable,
+    attributes: tuple[str, ...],
+    target: Mapping | None,
+    method: str | None,
+    stage: str | None,
+    max_iter: int,
+    tol: float,
+) -> tuple[str, dict[str, dict[str, float]] | None, str]:
+    """(stage, user target or None, method) with the defaults filled in; ConfigError naming the first bad one."""
     if not attributes:
         raise ConfigError("weighting: no attributes given")
     for a in attributes:
@@ -165,73 +202,79 @@ def weighting_plan(
         raise ConfigError("weighting: a user target on several attributes needs method 'rake'")
     if max_iter < 1 or tol <= 0:
         raise ConfigError("weighting: max_iter must be >= 1 and tol > 0")
+    return stage, user, method
 
+
+def _kept_cells(counts: CountTable, attributes: tuple[str, ...], stage: str) -> pl.DataFrame:
+    """Joint cells of `attributes` with `before` (input rows) and `kept` (rows kept through `stage`)."""
     cells = counts.marginal(list(attributes)).select(
         *attributes, pl.col("n").alias("before"), pl.col(f"survived:{stage}").alias("kept")
     )
-    before = cells["before"].to_numpy().astype(np.float64)
-    kept = cells["kept"].to_numpy().astype(np.float64)
-    if kept.sum() == 0:
+    if cells["kept"].sum() == 0:
         raise DataError(f"weighting: no rows kept through stage '{stage}'")
+    return cells
 
-    targets: dict[str, dict[str, float]] = {}
-    for a in attributes:
-        observed = set(cells[a].to_list())
-        pre = _shares(cells, a, before)
-        if user is not None and a in user:
-            unknown_groups = sorted(set(user[a]) - observed)
-            if unknown_groups:
-                raise ConfigError(f"target for '{a}': group(s) {unknown_groups} do not occur in the data")
-            kept_share = _shares(cells, a, kept)
-            rest = sum(v for g, v in kept_share.items() if g not in user[a])
-            targets[a] = {g: v for g, v in kept_share.items() if g not in user[a]}
-            targets[a].update({g: (1 - rest) * v for g, v in user[a].items()})
-        else:
-            targets[a] = pre
 
-    unreachable: list[str] = []
-    iterations = 1
-    if method == "poststratify" and len(attributes) == 1:
-        a = attributes[0]
-        kept_share = _shares(cells, a, kept)
-        group = cells[a].to_list()
-        weight = np.array([targets[a].get(g, 0.0) / kept_share[g] if kept_share.get(g) else 0.0 for g in group])
-        unreachable = [f"{a}={g}" for g, t in targets[a].items() if t > 0 and not kept_share.get(g)]
-    elif method == "poststratify":
-        # Joint post-stratification: target share per joint cell from the input counts.
-        target_cell = before / before.sum()
-        kept_cell = kept / kept.sum()
-        weight = np.divide(target_cell, kept_cell, out=np.zeros_like(kept), where=kept > 0)
-        lost = (kept == 0) & (before > 0)
-        unreachable = [
-            " × ".join(f"{a}={v}" for a, v in zip(attributes, row, strict=True))
-            for row, is_lost in zip(cells.select(attributes).iter_rows(), lost, strict=True)
-            if is_lost
-        ]
+def _target_shares(cells: pl.DataFrame, attribute: str, user: Mapping[str, float] | None) -> dict[str, float]:
+    """The share to aim at per group: the pre-filter share, or the `user` shares for the groups they list
+    (the other groups keep their kept share; the listed ones split the rest in the user's proportions)."""
+    if user is None:
+        return _shares(cells, attribute, cells["before"].to_numpy().astype(np.float64))
+    unknown_groups = sorted(set(user) - set(cells[attribute].to_list()))
+    if unknown_groups:
+        raise ConfigError(f"target for '{attribute}': group(s) {unknown_groups} do not occur in the data")
+    kept_share = _shares(cells, attribute, cells["kept"].to_numpy().astype(np.float64))
+    target = {g: v for g, v in kept_share.items() if g not in user}
+    rest = sum(target.values())
+    target.update({g: (1 - rest) * v for g, v in user.items()})
+    return target
+
+
+def _cell_weights(
+    cells: pl.DataFrame,
+    attributes: tuple[str, ...],
+    targets: Mapping[str, Mapping[str, float]],
+    method: str,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, int, list[str]]:
+    """(weight per cell before scaling to mean 1, iterations, unreachable target groups) for `method`."""
+    kept = cells["kept"].to_numpy().astype(np.float64)
+    if method == "rake":
+        return _rake(cells, attributes, kept, targets, max_iter, tol)
+    if len(attributes) == 1:
+        weight, unreachable = _poststratify_one(cells, attributes[0], kept, targets[attributes[0]])
     else:
-        weight, iterations, unreachable = _rake(cells, attributes, kept, targets, max_iter, tol)
+        before = cells["before"].to_numpy().astype(np.float64)
+        weight, unreachable = _poststratify_joint(cells, attributes, before, kept)
+    return weight, 1, unreachable
 
-    weight = weight * kept.sum() / float((kept * weight).sum())
-    cells = cells.with_columns(pl.Series("weight", weight))
-    if unreachable:
-        logger.warning("weighting: %d target group(s) have no kept rows: %s", len(unreachable), unreachable[:5])
-    shift_unweighted = {a: _shift(_shares(cells, a, kept), targets[a]) for a in attributes}
-    shift_weighted = {a: _shift(_shares(cells, a, kept * weight), targets[a]) for a in attributes}
-    return WeightingPlan(
-        attributes=attributes,
-        method=method,
-        stage=stage,
-        stages=counts.stages[: counts.stages.index(stage) + 1],
-        cells=cells,
-        targets=targets,
-        user_target=user is not None,
-        ess=kish_ess(weight, kept),
-        kept_rows=int(kept.sum()),
-        shift_unweighted=shift_unweighted,
-        shift_weighted=shift_weighted,
-        unreachable=unreachable,
-        iterations=iterations,
-    )
+
+def _poststratify_one(
+    cells: pl.DataFrame, attribute: str, kept: np.ndarray, target: Mapping[str, float]
+) -> tuple[np.ndarray, list[str]]:
+    """Weight per cell = target share / kept share of its group; groups with a target but no kept rows."""
+    kept_share = _shares(cells, attribute, kept)
+    groups = cells[attribute].to_list()
+    weight = np.array([target.get(g, 0.0) / kept_share[g] if kept_share.get(g) else 0.0 for g in groups])
+    unreachable = [f"{attribute}={g}" for g, t in target.items() if t > 0 and not kept_share.get(g)]
+    return weight, unreachable
+
+
+def _poststratify_joint(
+    cells: pl.DataFrame, attributes: tuple[str, ...], before: np.ndarray, kept: np.ndarray
+) -> tuple[np.ndarray, list[str]]:
+    """Weight per joint cell = input share / kept share; the cells with input rows but no kept rows."""
+    target_cell = before / before.sum()
+    kept_cell = kept / kept.sum()
+    weight = np.divide(target_cell, kept_cell, out=np.zeros_like(kept), where=kept > 0)
+    lost = (kept == 0) & (before > 0)
+    unreachable = [
+        " × ".join(f"{a}={v}" for a, v in zip(attributes, row, strict=True))
+        for row, is_lost in zip(cells.select(attributes).iter_rows(), lost, strict=True)
+        if is_lost
+    ]
+    return weight, unreachable
 
 
 def _rake(

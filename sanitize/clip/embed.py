@@ -31,6 +31,9 @@ from sanitize.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, TarIndex, d
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 64  # images per forward pass
+DEFAULT_DECODE_WORKERS = 2  # image-decoding processes per model
+
 OK = "ok"
 MISSING = "missing"
 TOO_LARGE = "too_large"
@@ -69,8 +72,8 @@ def embed_shard(
     *,
     image_root: str | os.PathLike | None = None,
     tar_path: str | os.PathLike | None = None,
-    batch_size: int = 64,
-    num_workers: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int = DEFAULT_DECODE_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], Any] | None = None,
 ) -> ShardEmbeddings:

@@ -12,17 +12,20 @@ from sanitize.dedup.clustering import assign_clusters, default_n_clusters, fit_p
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
 from sanitize.dedup.pairs import confirm_pairs, within_cluster_candidates
-from sanitize.dedup.recall import (
-    RecallEstimate,
-    recall_from_sample,
-    sampled_pair_recall,
-    true_pairs_of_sample,
-    wilson_interval,
+from sanitize.dedup.recall import RecallEstimate, recall_from_sample, sampled_pair_recall, true_pairs_of_sample
+from sanitize.dedup.run import (
+    DEFAULT_CLUSTERINGS,
+    DEFAULT_RECALL_SAMPLE,
+    DEFAULT_THRESHOLD,
+    DedupResult,
+    find_duplicates,
 )
-from sanitize.dedup.run import DedupResult, find_duplicates
 from sanitize.dedup.vectors import UnitRows, checked_unit_rows, pair_cosines
 
 __all__ = [
+    "DEFAULT_CLUSTERINGS",
+    "DEFAULT_RECALL_SAMPLE",
+    "DEFAULT_THRESHOLD",
     "DedupResult",
     "GroupDecisions",
     "RecallEstimate",
@@ -41,6 +44,5 @@ __all__ = [
     "sampled_pair_recall",
     "train_centroids",
     "true_pairs_of_sample",
-    "wilson_interval",
     "within_cluster_candidates",
 ]

@@ -47,19 +47,6 @@ class RecallEstimate:
         return asdict(self)
 
 
-def wilson_interval(successes: float, trials: float, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial share (trials may be an effective, non-integer count)."""
-    if trials <= 0:
-        raise ConfigError(f"trials must be positive, got {trials}")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
-    low, high = (float(v) for v in intervals.wilson_interval(successes, trials, confidence))
-    # the interval's ends are exactly 0 and 1 at the extremes; keep them so, whatever the rounding
-    low = 0.0 if successes <= 0 else low
-    high = 1.0 if successes >= trials else high
-    return low, high
-
-
 def true_pairs_of_sample(
     x: UnitRows | np.ndarray,
     sample: np.ndarray,
@@ -141,16 +128,23 @@ def recall_from_sample(
     """Recall estimate from the true pairs of a row sample.
 
     `query[i]`: which of the `n_queries` sampled rows true pair i belongs to; `hit[i]`: whether it was
-    found. `exact`: the sample was every row (the interval collapses to the value).
+    found. `exact`: the sample was every row (the interval collapses to the value). Raises ConfigError for
+    a `confidence` outside (0, 1).
     """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     n_true, n_found = len(hit), int(np.count_nonzero(hit))
     if n_true == 0:
         return RecallEstimate(None, None, None, confidence, n_queries, 0, 0, 0.0, exact)
     recall = n_found / n_true
     if exact:
         return RecallEstimate(recall, recall, recall, confidence, n_queries, n_true, n_found, float(n_true), exact)
-    n_eff = _effective_trials(query, hit, n_queries)
-    low, high = wilson_interval(recall * n_eff, n_eff, confidence)
+    n_eff = _effective_trials(query, hit, n_queries)  # > 0: there is at least one true pair
+    low, high = (float(v) for v in intervals.wilson_interval(recall * n_eff, n_eff, confidence))
+    # The Wilson interval ends exactly at 0 when no pair was found and at 1 when all were; rounding can miss
+    # these by an ulp, so pin them here.
+    low = 0.0 if n_found == 0 else low
+    high = 1.0 if n_found == n_true else high
     return RecallEstimate(recall, low, high, confidence, n_queries, n_true, n_found, n_eff, exact)
 
 

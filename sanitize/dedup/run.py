@@ -1,4 +1,15 @@
-"""`find_duplicates`: exact path, several k-means clusterings, their union, groups, and a recall check."""
+"""`find_duplicates`: exact path, several k-means clusterings, their union, groups, and a recall check.
+
+`find_duplicates` runs these phases in order, each a function below:
+
+1. `_check_options`, `_checked_input`: options and rows are valid; unit-length view, keep priority.
+2. `_exact_path`: byte-equal or hash-equal rows pair up without any search.
+3. `_clustering_passes`: one k-means clustering after another over the distinct rows, each resumed from its
+   checkpoint when saved there (`_resumable_clustering`, `_one_clustering`).
+4. `_union_pairs`, then `decide_groups`: confirmed pairs of all passes, grouped, one row kept per group.
+5. `_recall_check`: exhaustive search of a row sample, to estimate the share of true pairs found.
+6. `_result_tables`, `_result_stats`: the `DedupResult`.
+"""
 
 from __future__ import annotations
 
@@ -22,17 +33,22 @@ from sanitize.dedup.clustering import (
     train_centroids,
 )
 from sanitize.dedup.exact import exact_representatives
-from sanitize.dedup.groups import decide_groups, keep_priority
+from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
 from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, within_cluster_candidates
 from sanitize.dedup.parallel import TaskMap
-from sanitize.dedup.recall import sampled_pair_recall
-from sanitize.dedup.vectors import checked_unit_rows, pair_cosines
+from sanitize.dedup.recall import RecallEstimate, sampled_pair_recall
+from sanitize.dedup.vectors import UnitRows, checked_unit_rows, pair_cosines
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_THRESHOLD = 0.95  # cosine at or above which two rows are near-duplicates
+DEFAULT_CLUSTERINGS = 5  # k-means clusterings whose candidate pairs are united
+DEFAULT_RECALL_SAMPLE = 1000  # rows searched exhaustively for the recall estimate (0: none)
+
 EXACT = -1  # `clustering` value of pairs found by the exact path
 _CLUSTERING_STREAM, _RECALL_STREAM, _PROJECTION_STREAM = 0, 1, 2
+_PASS_PHASES = ("train", "assign", "pairs")  # timed inside each clustering pass, summed over the passes
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,11 +74,78 @@ class DedupResult:
         return self.rows["keep"].to_numpy(zero_copy_only=False)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The options of one `find_duplicates` call that its phases share; see its docstring for each."""
+
+    threshold: float
+    n_clusterings: int
+    n_clusters: int | None
+    seed: int
+    refuse_chains: bool
+    recall_sample: int
+    block_rows: int
+    max_points_per_centroid: int
+    kmeans_iterations: int
+    clustering_dims: int | None
+    workers: int | None
+    checkpoint_dir: str | Path | None
+    task_map: TaskMap | None
+
+
+@dataclass(frozen=True)
+class _ExactPath:
+    """Byte-equal or hash-equal rows.
+
+    rep: (n,) the row each row is an exact copy of (itself for a distinct row). reps: the distinct rows, in
+    order; only they are clustered and sampled. (a, b): the exact pairs, one per copy (rep, copy).
+    """
+
+    rep: np.ndarray
+    reps: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True)
+class _UnitedPairs:
+    """Every confirmed pair, sorted by (a, b): exact cosine and the first source that found it (EXACT or c)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    cosine: np.ndarray
+    source: np.ndarray
+
+
+class _PhaseClock:
+    """Seconds per phase, in the order the phases finish, then the total."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Record the time since the previous record (or the start) as `phase`."""
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+    def record(self, seconds: dict[str, float]) -> None:
+        """Record phases timed elsewhere; the time since the previous record is not counted again."""
+        self.seconds.update(seconds)
+        self._last = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        """Record the total since the start; return all phases."""
+        self.seconds["total"] = time.perf_counter() - self._start
+        return self.seconds
+
+
 def find_duplicates(
     x: np.ndarray,
     *,
-    threshold: float = 0.95,
-    n_clusterings: int = 5,
+    threshold: float = DEFAULT_THRESHOLD,
+    n_clusterings: int = DEFAULT_CLUSTERINGS,
     n_clusters: int | None = None,
     seed: int = 0,
     keep_values: np.ndarray | None = None,
@@ -70,7 +153,7 @@ def find_duplicates(
     refuse_chains: bool = False,
     hashes: Sequence | np.ndarray | pa.Array | None = None,
     require_normalized: bool = False,
-    recall_sample: int = 1000,
+    recall_sample: int = DEFAULT_RECALL_SAMPLE,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     max_points_per_centroid: int = 32,
     kmeans_iterations: int = 10,
@@ -104,130 +187,157 @@ def find_duplicates(
     row. Raises ConfigError for bad options, DataError for bad data (NaN/inf or zero rows, wrong shape,
     all rows identical, hashes or keep_values not one per row).
     """
-    _check_options(threshold, n_clusterings, n_clusters, seed, recall_sample, block_rows,
-                   max_points_per_centroid, kmeans_iterations, clustering_dims)
-    report = progress or (lambda phase, done, total: None)
-    seconds: dict[str, float] = {}
-    t_start = t = time.perf_counter()
+    options = _Options(
+        threshold=threshold, n_clusterings=n_clusterings, n_clusters=n_clusters, seed=seed,
+        refuse_chains=refuse_chains, recall_sample=recall_sample, block_rows=block_rows,
+        max_points_per_centroid=max_points_per_centroid, kmeans_iterations=kmeans_iterations,
+        clustering_dims=clustering_dims, workers=workers, checkpoint_dir=checkpoint_dir, task_map=task_map,
+    )
+    _check_options(options)
+    report = progress or _no_progress
+    clock = _PhaseClock()
 
-    view = checked_unit_rows(x, require_normalized=require_normalized)
-    n = len(view)
-    priority = keep_priority(n, keep_values, keep)
-    seconds["check"], t = _lap(t)
+    view, priority = _checked_input(x, keep_values, keep, require_normalized)
+    clock.lap("check")
     report("check", 1, 1)
 
-    exact_rep = exact_representatives(x, hashes)
-    reps = np.flatnonzero(exact_rep == np.arange(n))
+    exact = _exact_path(x, hashes)
+    clock.lap("exact")
+    report("exact", 1, 1)
+
+    k = _cluster_count(n_clusters, len(exact.reps))
+    projection = _clustering_projection(view, exact.reps, options)
+    clock.lap("projection")
+    candidate_keys, clustering_stats = _clustering_passes(x, view, exact, k, projection, options, report)
+    clock.record(_pass_seconds(clustering_stats))
+
+    pairs = _union_pairs(view, exact, candidate_keys, threshold)
+    clock.lap("confirm")
+    decisions = decide_groups(view, pairs.a, pairs.b, threshold, priority=priority, refuse_chains=refuse_chains,
+                              exact_rep=exact.rep)
+    clock.lap("groups")
+    report("groups", 1, 1)
+
+    recall = None
+    if recall_sample > 0:
+        recall = _recall_check(view, pairs, exact.reps, options)
+        clock.lap("recall")
+        _log_recall(recall)
+        report("recall", 1, 1)
+    seconds = clock.stop()
+
+    pair_table, row_table = _result_tables(pairs, decisions)
+    stats = _result_stats(exact, pairs, decisions, k, options, clustering_stats, seconds, recall)
+    logger.info("dedup: %d rows, %d pairs, %d groups, %d removed in %.1f s", stats["rows"], stats["pairs"],
+                stats["groups"], stats["removed"], seconds["total"])
+    return DedupResult(pairs=pair_table, rows=row_table, stats=stats)
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    """The default `progress`: report nothing."""
+
+
+def _checked_input(
+    x: np.ndarray, keep_values: np.ndarray | None, keep: str, require_normalized: bool
+) -> tuple[UnitRows, np.ndarray]:
+    """Phase 1: the rows as a unit-length view (checked: finite, nonzero, 2-D) and each row's keep priority."""
+    view = checked_unit_rows(x, require_normalized=require_normalized)
+    return view, keep_priority(len(view), keep_values, keep)
+
+
+def _exact_path(x: np.ndarray, hashes: Sequence | np.ndarray | pa.Array | None) -> _ExactPath:
+    """Phase 2: byte-equal (or hash-equal) rows. Raises DataError when every row of several is the same."""
+    n = len(x)
+    rep = exact_representatives(x, hashes)
+    reps = np.flatnonzero(rep == np.arange(n))
     if n > 1 and len(reps) == 1:
         raise DataError(
             f"embeddings: all {n} rows are identical (byte-equal embeddings or equal hashes); "
             "the embedding or hashing step probably failed"
         )
-    members = np.flatnonzero(exact_rep != np.arange(n))
-    exact_a, exact_b = exact_rep[members], members
-    seconds["exact"], t = _lap(t)
+    members = np.flatnonzero(rep != np.arange(n))
     logger.info("exact path: %d of %d rows are exact copies of another row", len(members), n)
-    report("exact", 1, 1)
+    return _ExactPath(rep=rep, reps=reps, a=rep[members], b=members)
 
-    k = int(n_clusters) if n_clusters is not None else default_n_clusters(len(reps))
-    if k > len(reps):
-        raise ConfigError(f"n_clusters={k} is more than the {len(reps)} distinct rows; use at most {len(reps)}")
-    key_base = {
-        "data": data_fingerprint(x, exact_rep),
-        "threshold": float(threshold),
-        "n_clusters": k,
-        "max_points_per_centroid": int(max_points_per_centroid),
-        "kmeans_iterations": int(kmeans_iterations),
-        "clustering_dims": None if clustering_dims is None else int(clustering_dims),
-    }
-    projection = None
-    if clustering_dims is not None and clustering_dims < view.shape[1]:
-        projection = fit_projection(view, clustering_dims, rows=reps, seed=_stream_seed(seed, _PROJECTION_STREAM, 0))
-    seconds["projection"], t = _lap(t)
+
+def _cluster_count(n_clusters: int | None, n_distinct: int) -> int:
+    """Clusters per clustering: `n_clusters`, or the default for `n_distinct` rows; at most `n_distinct`."""
+    k = int(n_clusters) if n_clusters is not None else default_n_clusters(n_distinct)
+    if k > n_distinct:
+        raise ConfigError(f"n_clusters={k} is more than the {n_distinct} distinct rows; use at most {n_distinct}")
+    return k
+
+
+def _clustering_projection(view: UnitRows, reps: np.ndarray, options: _Options) -> np.ndarray | None:
+    """The principal directions all clusterings share (fit on the distinct rows), or None for full dimension."""
+    dims = options.clustering_dims
+    if dims is None or dims >= view.shape[1]:
+        return None
+    return fit_projection(view, dims, rows=reps, seed=_stream_seed(options.seed, _PROJECTION_STREAM, 0))
+
+
+def _clustering_passes(
+    x: np.ndarray, view: UnitRows, exact: _ExactPath, k: int, projection: np.ndarray | None, options: _Options,
+    report: Progress,
+) -> tuple[list[np.ndarray], list[dict]]:
+    """Phase 3: for each of the `n_clusterings` clusterings, the `pair_keys` of its candidates and its stats."""
+    key_base = _checkpoint_key(x, exact.rep, k, options)
     candidate_keys, clustering_stats = [], []
-    for c in range(n_clusterings):
-        c_seed = _stream_seed(seed, _CLUSTERING_STREAM, c)
-        key = {**key_base, "clustering": c, "seed": c_seed}
-        saved = load_clustering(checkpoint_dir, c, key) if checkpoint_dir is not None else None
-        if saved is None:
-            ca, cb, info = _one_clustering(
-                view, reps, k, threshold, seed=c_seed, projection=projection, block_rows=block_rows,
-                workers=workers, max_points_per_centroid=max_points_per_centroid, n_iter=kmeans_iterations,
-                task_map=task_map,
-            )
-            if checkpoint_dir is not None:
-                save_clustering(checkpoint_dir, c, key, ca, cb)
-        else:
-            ca, cb = saved
-            info = {"seconds": 0.0}
-        info = {"index": c, "seed": c_seed, "resumed": saved is not None, "candidates": len(ca), **info}
-        candidate_keys.append(pair_keys(ca, cb, n))
+    for c in range(options.n_clusterings):
+        ca, cb, info = _resumable_clustering(c, view, exact.reps, k, projection, key_base, options)
+        candidate_keys.append(pair_keys(ca, cb, len(view)))
         clustering_stats.append(info)
-        logger.info("clustering %d/%d: %d candidate pairs in %.1f s", c + 1, n_clusterings, len(ca),
+        logger.info("clustering %d/%d: %d candidate pairs in %.1f s", c + 1, options.n_clusterings, len(ca),
                     info["seconds"])
-        report("clustering", c + 1, n_clusterings)
-    t = time.perf_counter()
-    for name in ("train", "assign", "pairs"):
-        seconds[name] = sum(info.get(f"{name}_seconds", 0.0) for info in clustering_stats)
+        report("clustering", c + 1, options.n_clusterings)
+    return candidate_keys, clustering_stats
 
-    a, b, cosine, source = _union_pairs(view, exact_a, exact_b, candidate_keys, threshold, n)
-    seconds["confirm"], t = _lap(t)
 
-    decisions = decide_groups(view, a, b, threshold, priority=priority, refuse_chains=refuse_chains,
-                              exact_rep=exact_rep)
-    seconds["groups"], t = _lap(t)
-    report("groups", 1, 1)
-
-    recall = None
-    if recall_sample > 0:
-        found = source != EXACT
-        recall = sampled_pair_recall(view, pair_keys(a[found], b[found], n), threshold, rows=reps,
-                                     sample_size=recall_sample, seed=_stream_seed(seed, _RECALL_STREAM, 0),
-                                     workers=workers, task_map=task_map)
-        seconds["recall"], t = _lap(t)
-        _log_recall(recall)
-        report("recall", 1, 1)
-    seconds["total"] = time.perf_counter() - t_start
-
-    pairs, rows = _result_tables(a, b, cosine, source, decisions)
-    removed = ~decisions.keep
-    stats = {
-        "rows": n,
-        "distinct_rows": len(reps),
-        "pairs": len(a),
-        "exact_pairs": int(np.count_nonzero(source == EXACT)),
-        "pairs_first_found_by_clustering": [int(np.count_nonzero(source == c)) for c in range(n_clusterings)],
-        "groups": decisions.n_groups,
-        "removed": int(removed.sum()),
-        "kept": int(decisions.keep.sum()),
-        "threshold": float(threshold),
-        "n_clusterings": int(n_clusterings),
+def _checkpoint_key(x: np.ndarray, exact_rep: np.ndarray, k: int, options: _Options) -> dict:
+    """What a saved clustering must match to be resumed: the data and the options that shape the clusterings."""
+    return {
+        "data": data_fingerprint(x, exact_rep),
+        "threshold": float(options.threshold),
         "n_clusters": k,
-        "seed": int(seed),
-        "refuse_chains": bool(refuse_chains),
-        "device": "gpu" if faiss_gpu_count() > 0 else "cpu",
-        "clusterings": clustering_stats,
-        "seconds": seconds,
-        "recall": recall.to_dict() if recall is not None else None,
+        "max_points_per_centroid": int(options.max_points_per_centroid),
+        "kmeans_iterations": int(options.kmeans_iterations),
+        "clustering_dims": None if options.clustering_dims is None else int(options.clustering_dims),
     }
-    logger.info("dedup: %d rows, %d pairs, %d groups, %d removed in %.1f s", n, len(a),
-                decisions.n_groups, stats["removed"], seconds["total"])
-    return DedupResult(pairs=pairs, rows=rows, stats=stats)
 
 
-def _one_clustering(view, reps, k, threshold, *, seed, projection, block_rows, workers, max_points_per_centroid,
-                    n_iter, task_map=None):
+def _resumable_clustering(
+    c: int, view: UnitRows, reps: np.ndarray, k: int, projection: np.ndarray | None, key_base: dict,
+    options: _Options,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Clustering `c`: candidate pairs (a, b) and stats, loaded from its checkpoint or computed (and saved)."""
+    c_seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
+    key = {**key_base, "clustering": c, "seed": c_seed}
+    folder = options.checkpoint_dir
+    saved = load_clustering(folder, c, key) if folder is not None else None
+    if saved is None:
+        ca, cb, timings = _one_clustering(view, reps, k, c_seed, projection, options)
+        if folder is not None:
+            save_clustering(folder, c, key, ca, cb)
+    else:
+        (ca, cb), timings = saved, {"seconds": 0.0}
+    info = {"index": c, "seed": c_seed, "resumed": saved is not None, "candidates": len(ca), **timings}
+    return ca, cb, info
+
+
+def _one_clustering(
+    view: UnitRows, reps: np.ndarray, k: int, seed: int, projection: np.ndarray | None, options: _Options
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Train, assign and search one clustering of the distinct rows `reps`: candidate pairs and timings."""
     t0 = time.perf_counter()
-    centroids = train_centroids(view, k, rows=reps, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                                n_iter=n_iter, projection=projection)
+    centroids = train_centroids(view, k, rows=reps, seed=seed, max_points_per_centroid=options.max_points_per_centroid,
+                                n_iter=options.kmeans_iterations, projection=projection)
     t1 = time.perf_counter()
     all_rows = len(reps) == len(view)
     labels = assign_clusters(view, centroids, rows=None if all_rows else reps, projection=projection,
-                             workers=workers, task_map=task_map)
+                             workers=options.workers, task_map=options.task_map)
     t2 = time.perf_counter()
-    a, b = within_cluster_candidates(view, labels, threshold, rows=reps, block_rows=block_rows, workers=workers,
-                                     task_map=task_map)
+    a, b = within_cluster_candidates(view, labels, options.threshold, rows=reps, block_rows=options.block_rows,
+                                     workers=options.workers, task_map=options.task_map)
     t3 = time.perf_counter()
     info = {
         "train_seconds": t1 - t0,
@@ -239,39 +349,85 @@ def _one_clustering(view, reps, k, threshold, *, seed, projection, block_rows, w
     return a, b, info
 
 
-def _result_tables(a, b, cosine, source, decisions) -> tuple[pa.Table, pa.Table]:
+def _pass_seconds(clustering_stats: list[dict]) -> dict[str, float]:
+    """Seconds of each phase inside the clustering passes, summed over the passes (0 for resumed ones)."""
+    return {name: sum(info.get(f"{name}_seconds", 0.0) for info in clustering_stats) for name in _PASS_PHASES}
+
+
+def _union_pairs(view: UnitRows, exact: _ExactPath, candidate_keys: list[np.ndarray], threshold: float
+                 ) -> _UnitedPairs:
+    """Phase 4: exact pairs and confirmed candidates; each pair credited to the first source that found it."""
+    n = len(view)
+    sources = [np.full(len(exact.a), EXACT, dtype=np.int64)]
+    sources += [np.full(len(keys), c, dtype=np.int64) for c, keys in enumerate(candidate_keys)]
+    keys = np.concatenate([pair_keys(exact.a, exact.b, n), *candidate_keys])
+    unique_keys, first = np.unique(keys, return_index=True)  # first occurrence = earliest source
+    source = np.concatenate(sources)[first]
+    a, b = np.divmod(unique_keys, n)
+    cosine = pair_cosines(view, a, b)
+    confirmed = (cosine >= threshold) | (source == EXACT)
+    return _UnitedPairs(a=a[confirmed], b=b[confirmed], cosine=cosine[confirmed], source=source[confirmed])
+
+
+def _recall_check(view: UnitRows, pairs: _UnitedPairs, reps: np.ndarray, options: _Options) -> RecallEstimate:
+    """Phase 5: share of the true pairs among the distinct rows that the clusterings found (exact pairs aside)."""
+    found = pairs.source != EXACT
+    return sampled_pair_recall(view, pair_keys(pairs.a[found], pairs.b[found], len(view)), options.threshold,
+                               rows=reps, sample_size=options.recall_sample,
+                               seed=_stream_seed(options.seed, _RECALL_STREAM, 0), workers=options.workers,
+                               task_map=options.task_map)
+
+
+def _result_tables(pairs: _UnitedPairs, decisions: GroupDecisions) -> tuple[pa.Table, pa.Table]:
+    """Phase 6: the `DedupResult` pairs and rows tables (cosines capped at 1, null where they do not apply)."""
     removed = ~decisions.keep
-    pairs = pa.table({
-        "a": pa.array(a, pa.int64()),
-        "b": pa.array(b, pa.int64()),
-        "cosine": pa.array(np.minimum(cosine, 1.0).astype(np.float32)),
-        "clustering": pa.array(source.astype(np.int16)),
+    pair_table = pa.table({
+        "a": pa.array(pairs.a, pa.int64()),
+        "b": pa.array(pairs.b, pa.int64()),
+        "cosine": pa.array(np.minimum(pairs.cosine, 1.0).astype(np.float32)),
+        "clustering": pa.array(pairs.source.astype(np.int16)),
     })
-    rows = pa.table({
+    row_table = pa.table({
         "group_id": pa.array(decisions.group_id, pa.int64(), mask=decisions.group_id < 0),
         "keep": pa.array(decisions.keep, pa.bool_()),
         "duplicate_of": pa.array(decisions.duplicate_of, pa.int64(), mask=~removed),
         "cosine_to_kept": pa.array(np.minimum(decisions.cosine_to_kept, 1.0).astype(np.float32), pa.float32(),
                                    mask=~removed),
     })
-    return pairs, rows
+    return pair_table, row_table
 
 
-def _union_pairs(view, exact_a, exact_b, candidate_keys, threshold, n):
-    """Union of exact pairs and confirmed candidates; each pair credited to the first source that found it."""
-    sources = [np.full(len(exact_a), EXACT, dtype=np.int64)]
-    sources += [np.full(len(keys), c, dtype=np.int64) for c, keys in enumerate(candidate_keys)]
-    keys = np.concatenate([pair_keys(exact_a, exact_b, n), *candidate_keys])
-    unique_keys, first = np.unique(keys, return_index=True)  # first occurrence = earliest source
-    source = np.concatenate(sources)[first]
-    a, b = np.divmod(unique_keys, n)
-    cosine = pair_cosines(view, a, b)
-    confirmed = (cosine >= threshold) | (source == EXACT)
-    return a[confirmed], b[confirmed], cosine[confirmed], source[confirmed]
+def _result_stats(
+    exact: _ExactPath, pairs: _UnitedPairs, decisions: GroupDecisions, k: int, options: _Options,
+    clustering_stats: list[dict], seconds: dict[str, float], recall: RecallEstimate | None,
+) -> dict:
+    """Phase 6: the JSON-ready `DedupResult.stats` (keys in the order they are written)."""
+    return {
+        "rows": len(exact.rep),
+        "distinct_rows": len(exact.reps),
+        "pairs": len(pairs.a),
+        "exact_pairs": int(np.count_nonzero(pairs.source == EXACT)),
+        "pairs_first_found_by_clustering": [
+            int(np.count_nonzero(pairs.source == c)) for c in range(options.n_clusterings)
+        ],
+        "groups": decisions.n_groups,
+        "removed": int((~decisions.keep).sum()),
+        "kept": int(decisions.keep.sum()),
+        "threshold": float(options.threshold),
+        "n_clusterings": int(options.n_clusterings),
+        "n_clusters": k,
+        "seed": int(options.seed),
+        "refuse_chains": bool(options.refuse_chains),
+        "device": "gpu" if faiss_gpu_count() > 0 else "cpu",
+        "clusterings": clustering_stats,
+        "seconds": seconds,
+        "recall": recall.to_dict() if recall is not None else None,
+    }
 
 
-def _check_options(threshold, n_clusterings, n_clusters, seed, recall_sample, block_rows,
-                   max_points_per_centroid, kmeans_iterations, clustering_dims) -> None:
+def _check_options(options: _Options) -> None:
+    """Phase 1: raise ConfigError naming the first option out of range (threshold first)."""
+    threshold = options.threshold
     if (
         not isinstance(threshold, numbers.Real)
         or isinstance(threshold, bool)
@@ -279,17 +435,19 @@ def _check_options(threshold, n_clusterings, n_clusters, seed, recall_sample, bl
         or not -1.0 <= threshold <= 1.0
     ):
         raise ConfigError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
-    for name, value, low in (
-        ("n_clusterings", n_clusterings, 1),
-        ("seed", seed, 0),
-        ("recall_sample", recall_sample, 0),
-        ("block_rows", block_rows, 1),
-        ("max_points_per_centroid", max_points_per_centroid, 1),
-        ("kmeans_iterations", kmeans_iterations, 1),
+    for name, low in (
+        ("n_clusterings", 1),
+        ("seed", 0),
+        ("recall_sample", 0),
+        ("block_rows", 1),
+        ("max_points_per_centroid", 1),
+        ("kmeans_iterations", 1),
     ):
+        value = getattr(options, name)
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name, value in (("n_clusters", n_clusters), ("clustering_dims", clustering_dims)):
+    for name in ("n_clusters", "clustering_dims"):
+        value = getattr(options, name)
         if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
 
@@ -299,12 +457,7 @@ def _stream_seed(seed: int, stream: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def _lap(t: float) -> tuple[float, float]:
-    now = time.perf_counter()
-    return now - t, now
-
-
-def _log_recall(recall) -> None:
+def _log_recall(recall: RecallEstimate) -> None:
     if recall.recall is None:
         logger.warning("recall check: the %d sampled rows have no true pair; recall unknown",
                        recall.sampled_rows)

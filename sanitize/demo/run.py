@@ -20,9 +20,10 @@ from sanitize.demo.sample import make_sample
 from sanitize.errors import ConfigError
 from sanitize.io import atomic
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.config import default_config, to_toml
+from sanitize.pipeline.config import PipelineConfig, default_config, to_toml
 from sanitize.pipeline.runner import run_pipeline
-from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
+from sanitize.safety.project import LabelProject
+from sanitize.safety.workflow import add_answers, draw_audit_batch, propose_next_batch
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,15 @@ confidence = 0.8
 DEMO_ROUNDS = ("uncertainty", "ranked_batch", "missed_neighbours")
 
 
-def demo_config(out: Path, *, seed: int = 0, workers: int = 2, engine: str = "local") -> dict[str, dict[str, Any]]:
+def demo_config(out: Path, *, seed: int = 0, workers: int = 2, engine: str = "local") -> PipelineConfig:
     """The pipeline config of the demo (written to OUT/sanitize.toml): the demo model, the scripted project,
     the demo's dedup threshold and audit attributes."""
-    config = default_config()
-    config["run"].update(seed=seed, engine=engine)
-    config["embed"].update(model=DEMO_MODEL, pretrained="none", device="cpu", batch_size=64, workers=workers)
-    config["classify"]["project"] = str(out / "project")
-    config["dedup"]["threshold"] = DEMO_DEDUP_THRESHOLD
-    config["audit"].update(attributes=list(DEMO_AUDIT_ATTRIBUTES), weight_on=["caption_gender"])
-    return config
+    return (default_config()
+            .replace("run", seed=seed, engine=engine)
+            .replace("embed", model=DEMO_MODEL, pretrained="none", device="cpu", batch_size=64, workers=workers)
+            .replace("classify", project=str(out / "project"))
+            .replace("dedup", threshold=DEMO_DEDUP_THRESHOLD)
+            .replace("audit", attributes=DEMO_AUDIT_ATTRIBUTES, weight_on=("caption_gender",)))
 
 
 def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, workers: int = 2, engine: str = "local",
@@ -82,7 +82,7 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
     manifest = sample_dir / "shards"
     config = demo_config(out, seed=seed, workers=workers, engine=engine)
     atomic.write_text(out / "sanitize.toml", to_toml(config))
-    embed_only = {**config, "run": {**config["run"], "stages": ["embed"]}}
+    embed_only = config.replace("run", stages=("embed",))
     embedded = run_pipeline(manifest, embed_only, out / "run", progress=progress)
     run = RunFolder.open(out / "run")
     truth = pl.read_parquet(sample_dir / "truth.parquet")
@@ -91,9 +91,8 @@ def run_demo(out: str | os.PathLike, *, n_rows: int = 1200, seed: int = 0, worke
     # The second call only confirms the finished embed shards; report the call that embedded them.
     summary["stages"] = [embedded["stages"][0] if r["stage"] == "embed" else r for r in summary["stages"]]
     summary["totals"]["seconds"] = round(time.perf_counter() - started, 3)  # sample, both calls, the labeling
-    classify = run.stats().get("classify", {}).get("categories", [])
     return {**summary, "sample": str(sample_dir), "config": str(out / "sanitize.toml"), "rows": truth.height,
-            "categories": {name: run.stats()[name] for name in classify},
+            "categories": run.stats().get("classify", {}).get("categories", {}),
             "versus_truth": {"dedup": dedup_versus_truth(run, truth)}}
 
 

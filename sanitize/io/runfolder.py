@@ -2,16 +2,20 @@
 
 ```
 RUN/
-  run.json                         manifest spec, input fingerprint, versions, per-stage config + fingerprint
+  run.json                         layout version, manifest spec, input fingerprint, versions, per stage: config,
+                                   fingerprint, role, folder and decision sets
   embeddings/                      clip-retrieval layout (img_emb/, text_emb/, metadata/)
   stages/<stage>/00000.parquet     row-aligned sidecar: uid, keep, reason, + the stage's own columns
-  stages/<stage>/_done/00000       completion marker, written after the shard's files
-  stats.json                       per stage: rows in, kept, dropped by reason, seconds, peak memory
-  export/                          kept manifest shards + removed.parquet
+  stages/classify/<category>/      one such set of sidecars per category, and certificate.json
+  stages/<stage>/_done/00000       completion marker, written after the shard's files; holds the shard's counts
+  stats.json                       per stage: rows in, kept, dropped by reason, seconds, peak memory, details
+  audit/                           report.{html,md,json}, weights.parquet, _done/
+  export/                          kept manifest shards + removed.parquet, _done/
 ```
 
 A stage is resumable: a shard whose marker exists is skipped on a rerun. A stage's config is fingerprinted; a
 rerun with a different config for a finished stage starts that stage afresh (its old files are removed first).
+Run folders of an older layout are refused with a message naming their version (they are not migrated).
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from sanitize.io import atomic
 from sanitize.io.manifest import Manifest, ManifestSpec, list_shard_files, read_parquet
 
 logger = logging.getLogger(__name__)
+
+# Version of the run folder's layout. 2: stage outputs under the folders run.json names, classify's per category
+# under stages/classify/, counts in the completion markers. Older folders are refused, not migrated.
+LAYOUT = 2
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
@@ -87,6 +95,7 @@ class RunFolder:
             raise ConfigError(f"{run.path}: folder is not empty and holds no run; choose a new --out folder")
         run.path.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run.run_json, {
+            "layout": LAYOUT,
             "sanitize_version": __version__,
             "manifest": manifest.spec.to_dict() if manifest else None,
             "input_fingerprint": input_fp,
@@ -109,10 +118,16 @@ class RunFolder:
         return self.path / "run.json"
 
     def info(self) -> dict[str, Any]:
+        """run.json's contents. Raises DataError when unreadable, ConfigError when written in another layout."""
         try:
-            return json.loads(self.run_json.read_text())
+            info = json.loads(self.run_json.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"{self.run_json}: unreadable ({e})") from e
+        if info.get("layout", 1) != LAYOUT:
+            raise ConfigError(f"{self.path}: a run folder of layout {info.get('layout', 1)} (sanitize "
+                              f"{info.get('sanitize_version', '?')}); this sanitize ({__version__}) reads layout "
+                              f"{LAYOUT} only: rerun into a new --out folder")
+        return info
 
     def manifest(self) -> Manifest:
         """Reopen the run's input manifest exactly as it was opened for the run."""
@@ -132,28 +147,44 @@ class RunFolder:
         return self.path / "embeddings"
 
     def stage_dir(self, stage: str) -> Path:
+        """Where `stage` writes by default: RUN/stages/<stage>/ (a stage may name another folder in `begin_stage`)."""
         return self.path / "stages" / stage
 
-    def begin_stage(self, stage: str, config: dict[str, Any]) -> bool:
+    def begin_stage(self, stage: str, config: dict[str, Any], *, role: str = "filter",
+                    decisions: dict[str, Path] | None = None, folder: Path | None = None,
+                    clear: tuple[Path, ...] | None = None) -> bool:
         """Record ``stage``'s config; returns True when finished shards from an equal config can be reused.
 
-        A different config for a stage that already has files removes those files (the stage reruns). The
-        fingerprint of every stage but embed includes embed's, so re-embedding reruns the stages after it.
+        `role` is the stage's role (see `sanitize.pipeline.stage`); `decisions` names the stage's sets of per-row
+        decisions and their folders (default: one set named like the stage in its folder; none for a "report" or
+        "sink" stage); `folder` is where its files and completion markers live (default `stage_dir`). A different
+        config for a stage that already has files removes what `clear` names (default: `folder`), so the stage
+        reruns. The fingerprint of every stage but embed includes embed's, so re-embedding reruns the stages after
+        it. Raises ConfigError when a decision set is named like one another stage writes.
         """
         info = self.info()
+        folder = self.stage_dir(stage) if folder is None else Path(folder)
+        if decisions is None:
+            decisions = {stage: folder} if role in ("source", "filter") else {}
+        for other, entry in info.get("stages", {}).items():
+            clash = set(decisions) & set(entry.get("decisions", {})) if other != stage else set()
+            if clash:
+                raise ConfigError(f"{self.path}: stage {stage!r} would write decisions named {sorted(clash)[0]!r}, "
+                                  f"which stage {other!r} already writes; rename one of them")
         # Every later stage reads the embeddings: new embeddings make its finished shards stale too.
         upstream = info.get("stages", {}).get("embed", {}).get("fingerprint") if stage != "embed" else None
         fp = config_fingerprint({**config, "_embeddings": upstream} if upstream else config)
         previous = info.get("stages", {}).get(stage)
         if previous and previous.get("fingerprint") == fp:
             return True
-        folder = self.stage_dir(stage) if stage != "embed" else self.embeddings_dir
         if previous:
             logger.warning("%s: config of stage %r changed; rerunning it", self.path, stage)
-            shutil.rmtree(self.stage_dir(stage), ignore_errors=True)
-            if stage == "embed":
-                shutil.rmtree(folder, ignore_errors=True)
-        info.setdefault("stages", {})[stage] = {"fingerprint": fp, "config": config}
+            for path in (folder,) if clear is None else clear:
+                shutil.rmtree(path, ignore_errors=True)
+        info.setdefault("stages", {})[stage] = {
+            "fingerprint": fp, "config": config, "role": role, "folder": self.relative(folder),
+            "decisions": {name: self.relative(path) for name, path in decisions.items()},
+        }
         atomic.write_json(self.run_json, info)
         return False
 
@@ -161,37 +192,94 @@ class RunFolder:
         entry = self.info().get("stages", {}).get(stage)
         return entry["config"] if entry else None
 
+    def stage_folder(self, stage: str) -> Path:
+        """The folder `stage` was begun with (its files and `_done/` markers)."""
+        entry = self.info().get("stages", {}).get(stage)
+        return self._absolute(entry["folder"]) if entry else self.stage_dir(stage)
+
     def marker(self, stage: str, index: int) -> Path:
-        return self.stage_dir(stage) / "_done" / f"{index:05d}"
+        """The completion marker of shard `index` of `stage` (or of the stage that writes decision set `stage`)."""
+        return self.stage_folder(self._owner(stage)) / "_done" / f"{index:05d}"
 
     def is_done(self, stage: str, index: int) -> bool:
         return self.marker(stage, index).exists()
 
-    def mark_done(self, stage: str, index: int) -> None:
-        """Write the completion marker for one shard. Call after every file of the shard is in place."""
-        atomic.write_text(self.marker(stage, index), "done\n")
+    def mark_done(self, stage: str, index: int, stats: dict[str, Any] | None = None) -> None:
+        """Write the completion marker of one shard, holding what the shard's worker counted (`stats`, JSON).
+        Call after every file of the shard is in place."""
+        atomic.write_json(self.marker(stage, index), stats or {})
+
+    def shard_stats(self, stage: str) -> list[dict[str, Any]]:
+        """The counts stored in `stage`'s completion markers, in shard order."""
+        markers = sorted((self.stage_folder(stage) / "_done").glob("[0-9]*"))
+        out = []
+        for path in markers:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise DataError(f"{path}: unreadable completion marker ({exc})") from None
+        return out
 
     def shard_path(self, stage: str, index: int) -> Path:
-        return self.stage_dir(stage) / f"{index:05d}.parquet"
+        """Shard `index` of the decision set (or single-set stage) called `stage`."""
+        return self._decision_folder(stage) / f"{index:05d}.parquet"
 
-    def write_shard(self, stage: str, index: int, table: pa.Table) -> None:
-        """Write one row-aligned sidecar shard (must have ``uid``, ``keep``, ``reason``), then its marker."""
+    def write_decisions(self, name: str, index: int, table: pa.Table) -> None:
+        """Write shard `index` of decision set `name` (columns ``uid``, ``keep``, ``reason`` + the stage's own)."""
         for col in ("uid", "keep", "reason"):
             if col not in table.column_names:
                 raise ValueError(f"stage table lacks column {col!r}")
-        atomic.write_parquet(self.shard_path(stage, index), table)
-        self.mark_done(stage, index)
+        atomic.write_parquet(self.shard_path(name, index), table)
 
-    def read_stage(self, stage: str) -> Iterator[tuple[int, pa.Table]]:
-        """Yield (shard index, table) for every finished shard of ``stage``, in shard order."""
-        done = sorted(int(p.name) for p in (self.stage_dir(stage) / "_done").glob("[0-9]*"))
+    def write_shard(self, stage: str, index: int, table: pa.Table, stats: dict[str, Any] | None = None) -> None:
+        """Write one row-aligned sidecar shard of a single-set stage, then its marker (holding `stats`)."""
+        self.write_decisions(stage, index, table)
+        self.mark_done(stage, index, stats)
+
+    def read_stage(self, stage: str, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
+        """Yield (shard index, table) for every finished shard of decision set (or stage) ``stage``."""
+        owner = self._owner(stage)
+        done = sorted(int(p.name) for p in (self.stage_folder(owner) / "_done").glob("[0-9]*"))
         for index in done:
-            yield index, read_parquet(self.shard_path(stage, index))
+            yield index, read_parquet(self.shard_path(stage, index), columns=columns)
 
     def finished_stages(self) -> list[str]:
         """Stages with at least one finished shard, in the order they were begun."""
         stages = self.info().get("stages", {})
-        return [s for s in stages if s != "embed" and any((self.stage_dir(s) / "_done").glob("[0-9]*"))]
+        return [s for s in stages if any((self.stage_folder(s) / "_done").glob("[0-9]*"))]
+
+    def decision_sets(self, role: str = "filter") -> list[str]:
+        """Names of the decision sets of finished stages with `role` (a classify stage has one per category),
+        sorted by name."""
+        stages = self.info().get("stages", {})
+        finished = set(self.finished_stages())
+        return sorted(name for s, entry in stages.items() if entry.get("role") == role and s in finished
+                      for name in entry.get("decisions", {}))
+
+    def _decision_folder(self, name: str) -> Path:
+        for entry in self.info().get("stages", {}).values():
+            if name in entry.get("decisions", {}):
+                return self._absolute(entry["decisions"][name])
+        return self.stage_dir(name)
+
+    def _owner(self, name: str) -> str:
+        """The stage that wrote decision set `name`."""
+        for stage, entry in self.info().get("stages", {}).items():
+            if name in entry.get("decisions", {}):
+                return stage
+        return name
+
+    def relative(self, path: Path) -> str:
+        """`path` relative to the run folder when inside it, else absolute (how run.json records paths)."""
+        path = Path(path)
+        try:
+            return str(path.relative_to(self.path))
+        except ValueError:
+            return str(path.resolve())
+
+    def _absolute(self, recorded: str) -> Path:
+        path = Path(recorded)
+        return path if path.is_absolute() else self.path / path
 
     # -- stats ----------------------------------------------------------------------------------------------
     @property

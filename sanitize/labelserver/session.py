@@ -32,17 +32,13 @@ import pyarrow.parquet as pq
 
 from sanitize.errors import ConfigError, DataError
 from sanitize.io.atomic import write_json
+from sanitize.io.run_rows import metadata_rows, row_images
 from sanitize.io.runfolder import RunFolder
 from sanitize.safety.contact_sheet import thumbnail_jpeg
 from sanitize.safety.labels import Conflict, parse_label
-from sanitize.safety.project import (
-    LabelProject,
-    batch_images,
-    category_status,
-    propose_next_batch,
-    run_metadata,
-)
+from sanitize.safety.project import LabelProject
 from sanitize.safety.strategies import COLD_START, STRATEGIES
+from sanitize.safety.workflow import category_status, current_classifier, propose_next_batch, run_pool
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +255,8 @@ class LabelingSession:
             if not self._is_complete(self._done()):
                 raise BatchNotDoneError(f"round {self.round} still has open items; answer or skip them first")
             if self._metrics is None:
+                # category_status only reads, so retrain (and save, when the labels changed) first, as `label add`.
+                current_classifier(self.project, self.run, self.category, run_pool(self.run), seed=self.seed)
                 status = category_status(self.project, self.category, self.run, seed=self.seed)
                 keys = ("n_labelled", "n_positive", "n_negative", "cv_precision", "cv_recall", "cv_folds",
                         "threshold", "removal_rate", "pool_rows", "notes", "audit", "certificate", "classifier")
@@ -325,8 +323,8 @@ class LabelingSession:
                                              row["reason"] or "") for row in rows}
         self._digest = hashlib.sha256("\n".join(self._items).encode()).hexdigest()[:16]
         self._skips = self._read_skips()
-        meta = run_metadata(self.run, list(self._items), ("key", "image", "shard"))
-        self._images = batch_images(self.run, meta)
+        rows = metadata_rows(self.run, list(self._items), ("key", "image", "shard"))
+        self._images = row_images(self.run, rows)
         self._thumbs = {}
         self._metrics = None
 

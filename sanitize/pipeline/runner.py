@@ -1,15 +1,15 @@
-"""`sanitize run`: the stages embed → classify → dedup → audit → export over one run folder, from one config.
+"""`sanitize run`: the registered stages, in order, over one run folder, from one config.
 
-Each stage is the same function its own command calls (sanitize/pipeline/stages/), so a pipeline
-run and a sequence of single commands write the same files. The pipeline adds:
+Each stage is the same object its own command runs (`sanitize.pipeline.stage.run_stage`), so a pipeline run and a
+sequence of single commands write the same files. The runner never names a stage; it adds:
 
 - a plan (`plan_pipeline`): which stages run, which are skipped and why; `--dry-run` prints it;
 - one run folder per run: a folder holding another input's run is refused; one whose stages were run with
   another config is refused unless ``resume`` (then those stages rerun: their fingerprints differ);
 - resume: every stage skips the shards whose completion markers exist, so rerunning the same command after
   a crash (even ``kill -9``) continues and ends with the same files as an uninterrupted run;
-- stats per stage (rows in, kept, dropped by reason, seconds, peak memory) in RUN/stats.json under
-  ``"pipeline"``, and a summary.
+- stats: each stage's `StageResult` (counted by the workers, merged on the driver) is its row in the table,
+  its entry in RUN/stats.json, and part of the summary under ``"pipeline"``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.compute as pc
-
 from sanitize.engines import get_engine
 from sanitize.errors import ConfigError
 from sanitize.io import atomic
 from sanitize.io.manifest import Manifest, open_manifest
 from sanitize.io.runfolder import RunFolder, config_fingerprint, peak_memory_mb
-from sanitize.pipeline.config import planned_stages
+from sanitize.pipeline.config import PipelineConfig
+from sanitize.pipeline.registry import stage_class, stage_classes
+from sanitize.pipeline.stage import Stage, StageResult, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -44,54 +44,55 @@ class StagePlan:
     why: str
 
 
-def open_input(manifest: str | os.PathLike, config: dict[str, dict[str, Any]]) -> Manifest:
+def open_input(manifest: str | os.PathLike, config: PipelineConfig) -> Manifest:
     """The manifest as the config's [input] section says to read it."""
-    return open_manifest(manifest, **config["input"])
+    return open_manifest(manifest, **config.section_dict("input"))
 
 
-def section_fingerprints(config: dict[str, dict[str, Any]]) -> dict[str, str]:
+def pipeline_stages(config: PipelineConfig) -> list[Stage]:
+    """The registered stages the plan shows, built from their sections: those in ``run.stages`` or ``run.skip``,
+    and those that run by default (shown as skipped when left out)."""
+    run = config.run
+    return [cls(config[cls.name]) for cls in stage_classes()
+            if cls.name in run.stages or cls.name in run.skip or cls.runs_by_default]
+
+
+def section_fingerprints(config: PipelineConfig) -> dict[str, str]:
     """Per stage, a digest of the config that stage reads (so a changed key names the stage it changes)."""
-    seed = config["run"]["seed"]
-    return {
-        "embed": config_fingerprint({"input": config["input"], "embed": config["embed"]}),
-        "classify": config_fingerprint(config["classify"]),
-        "dedup": config_fingerprint({**config["dedup"], "seed": seed}),
-        "audit": config_fingerprint(config["audit"]),
-        "export": config_fingerprint(config["export"]),
-    }
+    return {cls.name: config_fingerprint(cls(config[cls.name]).fingerprint(config)) for cls in stage_classes()}
 
 
-def plan_pipeline(manifest: Manifest, config: dict[str, dict[str, Any]], out: str | os.PathLike,
+def plan_pipeline(manifest: Manifest, config: PipelineConfig, out: str | os.PathLike,
                   *, resume: bool = False) -> list[StagePlan]:
-    """The stages in order with what will happen to each. Raises ConfigError when the run cannot start:
-    OUT holds another run (see `check_out_folder`), a skipped embed stage with no embeddings in OUT, an
-    audit with no filter stage to audit."""
-    wanted = planned_stages(config)
+    """The stages in order with what will happen to each. Raises ConfigError when the run cannot start: OUT
+    holds another run (see `check_out_folder`), or a stage's `check_plan` refuses (e.g. a skipped embed stage
+    with no embeddings in OUT, an audit with no filter stage to audit)."""
     changed = check_out_folder(out, manifest, config, resume=resume)
     run = RunFolder(out)
-    has_embeddings = (run.stage_dir("embed") / "_done").is_dir()
+    finished = set(run.finished_stages()) if run.run_json.exists() else set()
+    begun = set(_begun(run)) if run.run_json.exists() else set()
     plans = []
-    for stage in ("embed", "classify", "dedup", "audit", "export"):
-        if stage not in wanted:
-            earlier = run.path.exists() and stage != "embed" and stage in _finished(run)
-            plans.append(StagePlan(stage, "skip", "not asked for" + (
-                "; its earlier results in OUT still count" if earlier else "")))
+    wanted = set(config.planned_stages())
+    for stage in pipeline_stages(config):
+        if stage.name not in wanted:
+            earlier = "; its earlier results in OUT still count" if stage.name in finished else ""
+            plans.append(StagePlan(stage.name, "skip", "not asked for" + earlier))
             continue
-        if stage == "classify" and not config["classify"]["project"]:
-            plans.append(StagePlan(stage, "skip", "no [classify] project set"))
+        reason = stage.skip_reason()
+        if reason:
+            plans.append(StagePlan(stage.name, "skip", reason))
             continue
-        why = "config changed: reruns" if stage in changed else (
-            "resumes: finished shards are kept" if run.path.exists() and stage in _begun(run) else "new")
-        plans.append(StagePlan(stage, "run", why))
-    runs = {p.stage for p in plans if p.action == "run"}
-    if "embed" not in runs and not has_embeddings and runs:
-        raise ConfigError(f"{out}: the embed stage is skipped but the folder has no embeddings; run embed first")
-    if "audit" in runs and not ({"classify", "dedup"} & runs) and not (run.path.exists() and _finished(run)):
-        raise ConfigError("audit needs a filter stage (classify or dedup) to audit; none is run or finished")
+        why = "config changed: reruns" if stage.name in changed else (
+            "resumes: finished shards are kept" if stage.name in begun else "new")
+        plans.append(StagePlan(stage.name, "run", why))
+    running = {p.stage for p in plans if p.action == "run"}
+    for stage in pipeline_stages(config):
+        if stage.name in running:
+            stage.check_plan(running, finished, str(out))
     return plans
 
 
-def check_out_folder(out: str | os.PathLike, manifest: Manifest, config: dict[str, dict[str, Any]],
+def check_out_folder(out: str | os.PathLike, manifest: Manifest, config: PipelineConfig,
                      *, resume: bool = False) -> list[str]:
     """Refuse an OUT folder this run must not write into; return the begun stages whose config changed.
 
@@ -119,7 +120,7 @@ def check_out_folder(out: str | os.PathLike, manifest: Manifest, config: dict[st
             raise ConfigError(f"{path}: holds a run not started by `sanitize run`; pass --resume to continue it")
         return []
     now = section_fingerprints(config)
-    changed = [s for s in _begun(run) if s in recorded and recorded[s] != now[s]]
+    changed = [s for s in _begun(run) if s in recorded and s in now and recorded[s] != now[s]]
     if changed and not resume:
         raise ConfigError(f"{path}: holds a run whose {', '.join(changed)} config differs from this one; pass "
                           "--resume to continue it (those stages rerun) or choose a new --out folder")
@@ -128,7 +129,7 @@ def check_out_folder(out: str | os.PathLike, manifest: Manifest, config: dict[st
 
 def run_pipeline(
     manifest: str | os.PathLike,
-    config: dict[str, dict[str, Any]],
+    config: PipelineConfig,
     out: str | os.PathLike,
     *,
     resume: bool = False,
@@ -142,31 +143,27 @@ def run_pipeline(
     started = time.perf_counter()
     m = open_input(manifest, config)
     plans = plan_pipeline(m, config, out, resume=resume)
-    runs = [p.stage for p in plans if p.action == "run"]
-    model = None
-    if "embed" in runs:  # fails fast (missing weights) before the run folder is touched
-        from sanitize.clip.models import load_clip
-
-        e = config["embed"]
-        model = load_clip(e["model"], e["pretrained"], device=e["device"], precision=e["precision"],
-                          seed=config["run"]["seed"])
+    running = {p.stage for p in plans if p.action == "run"}
+    stages = [s for s in pipeline_stages(config) if s.name in running]
+    seed = config.run.seed
+    for stage in stages:  # fails fast (e.g. missing weights) before the run folder is touched
+        stage.prepare(seed)
     run = RunFolder.create(out, m)
     _record_pipeline(run, config)
 
-    r = config["run"]
-    rows: list[dict[str, Any]] = []
-    with get_engine(r["engine"], address=r["ray_address"], num_cpus=r["ray_num_cpus"]) as engine:
-        for stage in runs:
-            t0 = time.perf_counter()
-            logger.info("stage %s", stage)
-            result = _run_stage(stage, m, run, config, model, engine, progress)
-            rows.append(stage_row(run, stage, result, time.perf_counter() - t0))
+    r = config.run
+    results: list[StageResult] = []
+    with get_engine(r.engine, address=r.ray_address, num_cpus=r.ray_num_cpus) as engine:
+        for stage in stages:
+            logger.info("stage %s", stage.name)
+            results.append(run_stage(stage, run, engine=engine, seed=seed, progress=progress))
+    rows = [result.to_dict() for result in results]
     summary = {
         "run": str(run.path),
-        "engine": r["engine"],
+        "engine": r.engine,
         "plan": [asdict(p) for p in plans],
         "stages": rows,
-        "totals": _totals(run, rows, time.perf_counter() - started),
+        "totals": _totals(results, time.perf_counter() - started),
     }
     all_stats = run.stats()
     all_stats["pipeline"] = summary
@@ -174,110 +171,32 @@ def run_pipeline(
     return summary
 
 
-def _run_stage(stage, manifest, run, config, model, engine, progress) -> dict[str, Any]:
-    # Stage modules are imported when run: dedup loads FAISS and embed torch, which a dry run never needs.
-    seed = config["run"]["seed"]
-    if stage == "embed":
-        from sanitize.pipeline.stages.embed import run_embed_stage
-
-        e = config["embed"]
-        bar = (lambda n: progress("embed", n)) if progress else None
-        return run_embed_stage(manifest, run, model, batch_size=e["batch_size"], num_workers=e["workers"],
-                               max_pixels=e["max_pixels"], progress=bar, engine=engine)
-    if stage == "classify":
-        from sanitize.pipeline.stages.classify import run_classify_stage
-        from sanitize.safety.project import LabelProject
-
-        c = config["classify"]
-        return run_classify_stage(run, LabelProject.open(c["project"]), c["categories"] or None, engine=engine)
-    if stage == "dedup":
-        from sanitize.pipeline.stages.dedup import run_dedup_stage
-
-        d = config["dedup"]
-        return run_dedup_stage(run.path, threshold=d["threshold"], n_clusterings=d["clusterings"],
-                               n_clusters=d["clusters"], seed=seed, keep_by=d["keep_by"], keep=d["keep"],
-                               refuse_chains=d["refuse_chains"], hash_col=d["hash_col"],
-                               require_normalized=d["require_normalized"], recall_sample=d["recall_sample"],
-                               engine=engine)
-    if stage == "audit":
-        from sanitize.pipeline.stages.audit import resolve_attribute, run_audit_stage
-        from sanitize.pipeline.stages.embed import load_run_model
-
-        a = config["audit"]
-        encode_text = None
-        if any(resolve_attribute(t).kind == "zero-shot" for t in a["attributes"]):
-            encode_text = load_run_model(run, device=a["device"]).encode_text
-        return run_audit_stage(run, attributes=a["attributes"], encode_text=encode_text,
-                               weight_on=a["weight_on"] or None, target=a["target"] or None, engine=engine)
-    from sanitize.pipeline.stages.export import export_run
-
-    return export_run(run, config["export"]["out"])
-
-
 # ---- stats -----------------------------------------------------------------------------------------------------
 
 
-def stage_row(run: RunFolder, stage: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """One row of the stats table, counted from the stage's files (so a resumed stage counts every shard).
-
-    rows_in: rows the stage decided on; kept; dropped: {reason: rows} (embed: by status; classify: by
-    category, a row flagged by two counts in both; dedup: duplicates); seconds of this call; the process's
-    peak memory so far (MiB).
-    """
-    row: dict[str, Any] = {"stage": stage, "rows_in": None, "kept": None, "dropped": {},
-                           "seconds": round(seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1)}
-    if stage == "embed":
-        row.update(rows_in=result["rows_in"], kept=result["kept"], dropped=dict(result["dropped"]))
-    elif stage == "classify":
-        names = list(result["categories"])
-        kept, rows_in = _kept_by_all(run, names)
-        row.update(rows_in=rows_in, kept=kept, dropped={n: result["categories"][n]["removed"] for n in names})
-    elif stage == "dedup":
-        kept, rows_in = _kept_by_all(run, ["dedup"])
-        row.update(rows_in=rows_in, kept=kept, dropped={"duplicate": rows_in - kept})
-    elif stage == "audit":
-        row.update(flags=result["flags"], report=result["paths"]["html"])
-    else:
-        row.update(rows_in=result["rows"], kept=result["kept"], dropped={"removed by a stage": result["removed"]},
-                   out=result["out"])
-    return row
-
-
-def _kept_by_all(run: RunFolder, stages: list[str]) -> tuple[int, int]:
-    """(rows every one of `stages` kept, rows they saw), over the stages' finished shards."""
-    kept = rows = 0
-    tables = [dict(run.read_stage(s)) for s in stages]
-    for index in sorted(set().union(*tables)) if tables else []:
-        mask = None
-        for t in tables:
-            if index in t:
-                keep = t[index]["keep"]
-                mask = keep if mask is None else pc.and_(mask, keep)
-        rows += len(mask)
-        kept += int(pc.sum(mask).as_py() or 0)
-    return kept, rows
-
-
-def _totals(run: RunFolder, rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    export = next((r for r in rows if r["stage"] == "export"), None)
+def _totals(results: list[StageResult], seconds: float) -> dict[str, Any]:
+    """Rows and kept from the sink stage, rows removed by reason (source stages' reasons prefixed with their
+    name), time, memory, and the outputs worth showing."""
+    sink = next((r for r in results if stage_class(r.stage).role == "sink"), None)
     removed: Counter[str] = Counter()
-    for r in rows:
-        if r["stage"] not in ("export", "audit"):
-            removed.update({f"{r['stage']}:{k}" if r["stage"] == "embed" else k: v for k, v in r["dropped"].items()})
-    report = next((r["report"] for r in rows if r["stage"] == "audit"), None)
-    return {"rows": export["rows_in"] if export else None, "kept": export["kept"] if export else None,
+    outputs: dict[str, str] = {}
+    for r in results:
+        role = stage_class(r.stage).role
+        if r.counts is not None and role in ("source", "filter"):
+            removed.update({f"{r.stage}:{k}" if role == "source" else k: v for k, v in r.counts.dropped.items()})
+        outputs.update(r.outputs)
+    counts = sink.counts if sink is not None else None
+    return {"rows": counts.rows_in if counts else None, "kept": counts.kept if counts else None,
             "removed_by_reason": dict(removed), "seconds": round(seconds, 3),
-            "peak_memory_mb": round(peak_memory_mb(), 1), "report": report,
-            "export": export["out"] if export else None}
+            "peak_memory_mb": round(peak_memory_mb(), 1), "report": outputs.get("report"),
+            "kept_manifest": outputs.get("kept_manifest")}
 
 
 def format_table(summary: dict[str, Any]) -> list[str]:
     """The stats as a markdown table plus the summary line (what `sanitize run` prints)."""
     lines = ["| stage | rows in | kept | dropped | seconds | peak MiB |", "|---|---:|---:|---|---:|---:|"]
     for r in summary["stages"]:
-        dropped = ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "—"
-        if r["stage"] == "audit":
-            dropped = f"{r['flags']} flag(s)"
+        dropped = r["note"] or ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v) or "—"
         lines.append(f"| {r['stage']} | {_n(r['rows_in'])} | {_n(r['kept'])} | {dropped} | {r['seconds']:.1f} | "
                      f"{r['peak_memory_mb']:.0f} |")
     t = summary["totals"]
@@ -286,8 +205,8 @@ def format_table(summary: dict[str, Any]) -> list[str]:
     line += f" in {t['seconds']:.1f} s ({summary['engine']} engine)"
     if t["report"]:
         line += f"; audit report: {t['report']}"
-    if t["export"]:
-        line += f"; kept manifest: {t['export']}"
+    if t["kept_manifest"]:
+        line += f"; kept manifest: {t['kept_manifest']}"
     return [*lines, "", line]
 
 
@@ -298,23 +217,12 @@ def _n(value: int | None) -> str:
 # ---- run.json bookkeeping --------------------------------------------------------------------------------------
 
 
-def _record_pipeline(run: RunFolder, config: dict[str, dict[str, Any]]) -> None:
+def _record_pipeline(run: RunFolder, config: PipelineConfig) -> None:
     info = run.info()
-    info["pipeline"] = {"config": config, "sections": section_fingerprints(config)}
+    info["pipeline"] = {"config": config.to_dict(), "sections": section_fingerprints(config)}
     atomic.write_json(run.run_json, info)
 
 
 def _begun(run: RunFolder) -> list[str]:
-    """Pipeline stages recorded as begun in run.json (classify's categories count as classify)."""
-    stages = run.info().get("stages", {})
-    begun = {s if s in ("embed", "dedup", "audit", "export") else "classify" for s in stages}
-    if (run.path / "audit").is_dir():
-        begun.add("audit")
-    if (run.path / "export" / "_done").is_dir():
-        begun.add("export")
-    return [s for s in ("embed", "classify", "dedup", "audit", "export") if s in begun]
-
-
-def _finished(run: RunFolder) -> list[str]:
-    names = run.finished_stages()
-    return sorted({"dedup" if s == "dedup" else "classify" for s in names})
+    """Stages recorded as begun in run.json."""
+    return list(run.info().get("stages", {}))

@@ -25,7 +25,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
 
-from sanitize import intervals
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -162,13 +161,6 @@ def clopper_pearson(
     lower = np.where(empty, 0.0, lower)
     upper = np.where(empty, 1.0, upper)
     return lower, upper
-
-
-def wilson(successes: ArrayLike, trials: ArrayLike, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two-sided Wilson score interval for successes / trials; vectorised. 0 trials give [0, 1]."""
-    confidence = check_level(confidence, "confidence")
-    lo, hi = intervals.wilson_interval(successes, trials, confidence)
-    return np.nan_to_num(lo, nan=0.0), np.nan_to_num(hi, nan=1.0)
 
 
 def weighted_proportion(hit: np.ndarray, weights: np.ndarray | None, confidence: float) -> Estimate:

@@ -17,9 +17,9 @@ from sanitize.audit.stats import (
     holm,
     kish_ess,
     rate_ratio,
-    wilson_interval,
 )
 from sanitize.errors import ConfigError
+from sanitize.intervals import wilson_interval
 
 
 def entry(report: dict, entry_id: str) -> dict:

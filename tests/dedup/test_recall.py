@@ -6,20 +6,23 @@ import numpy as np
 import pytest
 
 from sanitize.dedup.pairs import pair_keys
-from sanitize.dedup.recall import sampled_pair_recall, true_pairs_of_sample, wilson_interval
+from sanitize.dedup.recall import recall_from_sample, sampled_pair_recall, true_pairs_of_sample
 from sanitize.errors import ConfigError
+from sanitize.intervals import wilson_interval
 
 
-def test_wilson_interval_known_values():
-    low, high = wilson_interval(5, 10, 0.95)
-    assert math.isclose(low, 0.2366, abs_tol=1e-4) and math.isclose(high, 0.7634, abs_tol=1e-4)
-    low, high = wilson_interval(10, 10, 0.95)
-    assert math.isclose(low, 0.7225, abs_tol=1e-4) and high == 1.0
-    assert wilson_interval(0, 10)[0] == 0.0
+def test_recall_interval_is_wilson_on_effective_trials_with_exact_ends():
+    one_pair_per_row = np.arange(10)
+    all_found = recall_from_sample(one_pair_per_row, np.ones(10, bool), 10)
+    assert all_found.recall == 1.0 and all_found.effective_trials == 10
+    assert math.isclose(all_found.ci_low, 0.7225, abs_tol=1e-4) and all_found.ci_high == 1.0
+    none_found = recall_from_sample(one_pair_per_row, np.zeros(10, bool), 10)
+    assert none_found.ci_low == 0.0 and math.isclose(none_found.ci_high, 0.2775, abs_tol=1e-4)
+    half = recall_from_sample(one_pair_per_row, one_pair_per_row < 5, 10)
+    low, high = wilson_interval(0.5 * half.effective_trials, half.effective_trials)
+    assert (half.ci_low, half.ci_high) == (float(low), float(high))
     with pytest.raises(ConfigError):
-        wilson_interval(1, 0)
-    with pytest.raises(ConfigError):
-        wilson_interval(1, 2, confidence=1.0)
+        recall_from_sample(one_pair_per_row, np.ones(10, bool), 10, confidence=1.0)
 
 
 def test_true_pairs_of_sample_match_brute_force(small_set):

@@ -9,7 +9,8 @@ import pytest
 from sanitize.errors import ConfigError, DataError
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.export import export_run
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.export import ExportStage
 
 
 @pytest.fixture
@@ -59,14 +60,15 @@ def test_export_keeps_input_columns_and_lists_reasons(tmp_path, manifest):
     run.write_shard("sexual", 1, stage_table(["d", "e"], [True, True], [None, None]))
     run.begin_stage("dedup", {})
     run.write_shard("dedup", 0, stage_table(["b", "e"], [False, False], ["duplicate_of:a", "duplicate_of:d"]))
-    summary = export_run(run)
-    assert summary == {"rows": 5, "kept": 3, "removed": 2, "out": str(run.path / "export")}
+    summary = run_stage(ExportStage(), run).to_dict()
+    assert (summary["rows_in"], summary["kept"], summary["dropped"]) == (5, 3, {"removed by a stage": 2})
+    assert summary["out"] == str(run.path / "export")
     kept = pq.read_table(run.path / "export" / "kept" / "00000.parquet")
     assert kept.column_names == ["uid", "caption", "extra"] and kept["uid"].to_pylist() == ["a", "c"]
     removed = pq.read_table(run.path / "export" / "removed.parquet").to_pylist()
     assert removed[0] == {"uid": "b", "stages": ["dedup", "sexual"], "reasons": "duplicate_of:a; sexual:0.9>=0.5"}
     first = (run.path / "export" / "kept" / "00001.parquet").read_bytes()
-    export_run(run)  # rerun: identical output
+    run_stage(ExportStage(), run)  # rerun: identical output
     assert (run.path / "export" / "kept" / "00001.parquet").read_bytes() == first
 
 
@@ -75,3 +77,24 @@ def test_stats_are_merged_per_stage(tmp_path, manifest):
     run.record_stats("embed", {"rows_in": 5})
     run.record_stats("dedup", {"rows_in": 4})
     assert run.stats() == {"embed": {"rows_in": 5}, "dedup": {"rows_in": 4}}
+
+
+def test_markers_hold_counts_and_old_layouts_are_refused(tmp_path, manifest):
+    run = RunFolder.create(tmp_path / "run", manifest)
+    run.begin_stage("sexual", {})
+    run.write_shard("sexual", 0, stage_table(["a", "b", "c"], [True, False, True], [None, "x", None]),
+                    {"rows_in": 3, "kept": 2})
+    run.write_shard("sexual", 1, stage_table(["d", "e"], [True, True], [None, None]), {"rows_in": 2, "kept": 2})
+    assert run.shard_stats("sexual") == [{"rows_in": 3, "kept": 2}, {"rows_in": 2, "kept": 2}]
+    info = run.info()
+    info["layout"] = 1
+    run.run_json.write_text(__import__("json").dumps(info))
+    with pytest.raises(ConfigError, match="a run folder of layout 1 .* reads layout 2 only"):
+        RunFolder.open(run.path).info()
+
+
+def test_a_decision_set_name_belongs_to_one_stage(tmp_path, manifest):
+    run = RunFolder.create(tmp_path / "run", manifest)
+    run.begin_stage("dedup", {})
+    with pytest.raises(ConfigError, match="would write decisions named 'dedup', which stage 'dedup' already"):
+        run.begin_stage("classify", {}, decisions={"dedup": run.stage_dir("classify") / "dedup"})

@@ -19,7 +19,8 @@ from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver.app import LabelServer
 from sanitize.labelserver.session import LabelingSession
-from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
 from sanitize.safety.project import LabelProject
 
 CATEGORY = "sexual"
@@ -40,8 +41,8 @@ def embedded(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
     info = make_sample(root / "sample", n_rows=200, seed=0)
     manifest = open_manifest(info.manifest)
     run = RunFolder.create(root / "run", manifest)
-    run_embed_stage(manifest, run, load_clip("sanitize-demo-clip", None, device="cpu", seed=0), batch_size=64,
-                    num_workers=0)
+    model = load_clip("sanitize-demo-clip", None, device="cpu", seed=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=64, workers=0), model=model), run)
     uids = pl.concat([pl.read_parquet(p, columns=["uid"]) for p in sorted((run.embeddings_dir / "metadata").glob("*"))])
     return run.path, pl.read_parquet(info.truth).join(uids, on="uid")
 

@@ -21,13 +21,12 @@ class World:
         self.root = root
         info = make_sample(root / "sample", n_rows=240, seed=3, n_shards=4)
         self.manifest = info.manifest
-        self.config = demo_config(root, seed=0, workers=0)
-        self.config["dedup"]["recall_sample"] = 100
+        self.config = demo_config(root, seed=0, workers=0).replace("dedup", recall_sample=100)
         self.config_path = root / "sanitize.toml"
         write_text(self.config_path, to_toml(self.config))
         # The project is labelled once against an embedded run; every test's run reuses it.
         base = root / "base"
-        run_pipeline(self.manifest, {**self.config, "run": {**self.config["run"], "stages": ["embed"]}}, base)
+        run_pipeline(self.manifest, self.config.replace("run", stages=("embed",)), base)
         truth = pl.read_parquet(root / "sample" / "truth.parquet")
         scripted_labeling(root / "project", RunFolder.open(base), truth, seed=0, batch=20, audit=100)
         self.embedded = base

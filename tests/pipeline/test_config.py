@@ -23,28 +23,43 @@ def test_starter_config_parses_to_the_defaults_and_uncommented_examples_parse(tm
     uncommented = re.sub(r"(?m)^# ([a-z_]+ = )", r"\1", text)
     (tmp_path / "b.toml").write_text(uncommented)
     config = load_config(tmp_path / "b.toml", ["run.engine=ray"])
-    assert config["dedup"]["clusters"] == 4096 and config["run"]["ray_address"] == "auto"
+    assert config["dedup"].clusters == 4096 and config["run"].ray_address == "auto"
     assert all(o.help for o in OPTIONS)
 
 
-def test_every_cli_option_of_the_stage_commands_is_a_config_key():
+def test_stage_command_options_are_the_config_fields_with_the_same_defaults():
+    """Each single-stage command's options are built from its stage's config dataclass: every CLI field is an
+    option, under the same name, with the dataclass default (declared once, so nothing can drift)."""
+    from sanitize.pipeline.config import InputConfig
+    from sanitize.pipeline.options import options_of
+    from sanitize.pipeline.registry import stage_class
     from sanitize_cli import commands  # noqa: F401
     from sanitize_cli.main import cli
 
-    keys = {(o.section, o.name) for o in OPTIONS}
-    # Options that name what a single command reads or writes, which `sanitize run` takes as its own arguments.
-    not_settable = {"manifest", "out", "run", "source", "as_json", "embedding_col"}
-    moved = {("embed", p): "input" for p in ("preset", "id_col", "caption_col", "image_col", "url_col", "image_root")}
-    moved[("dedup", "seed")] = "run"
-    moved[("dedup", "id_col")] = None  # the id column of a parquet SOURCE; a run folder has uids
-    for stage in ("embed", "classify", "dedup", "audit"):
-        for param in cli.commands[stage].params:
-            if param.name in not_settable:
+    def check(command, section, cls):
+        params = {p.name: p for p in cli.commands[command].params}
+        for o in options_of(section, cls):
+            if not o.cli:
                 continue
-            section = moved.get((stage, param.name), stage)
-            if section is None:
-                continue
-            assert (section, param.name) in keys, f"{stage} --{param.name} is not settable in the config"
+            assert o.name in params, f"{command}: {section}.{o.name} has no option"
+            default = params[o.name].default
+            assert (tuple(default) if isinstance(default, (list, tuple)) else default) == (
+                None if o.kind == "dict[str,float]" else o.default), (command, o.name)
+
+    for name in ("embed", "classify", "dedup", "audit", "export"):
+        check(name, name, stage_class(name).Config)
+    for command in ("embed", "inspect"):
+        check(command, "input", InputConfig)
+
+
+def test_a_bad_cli_value_is_checked_like_a_toml_value():
+    from click.testing import CliRunner
+
+    from sanitize_cli import commands  # noqa: F401
+    from sanitize_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["audit", ".", "--target", "young=most"])
+    assert result.exit_code == 2 and "--target: 'young=most' is not NAME=SHARE" in result.stderr
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -59,6 +74,8 @@ def test_every_cli_option_of_the_stage_commands_is_a_config_key():
     ({"run": {"stages": ["embd"]}}, "run.stages: 'embd' is not one of .*did you mean embed?"),
     ({"run": {"stages": "embed"}}, "run.stages must be a list of strings"),
     ({"audit": {"target": {"young": "most"}}}, "audit.target must be a table of numbers"),
+    ({"embed": {"batch_size": 0}}, "embed.batch_size must be at least 1, got 0"),
+    ({"dedup": {"threshold": 1.5}}, "dedup.threshold must be between -1 and 1, got 1.5"),
     ({"run": {"ray_address": "auto"}}, "need run.engine = \"ray\""),
     ({"run": 3}, r"\[run\] must be a table"),
 ])
@@ -78,9 +95,9 @@ def test_file_errors_name_the_file(tmp_path):
 def test_overrides_and_types():
     config = load_config(None, ["dedup.threshold=0.9", "audit.weight_on=[\"caption_gender\"]", "embed.device=cpu",
                                 "audit.target={a = 1, b = 3}", "dedup.clusters=8"])
-    assert config["dedup"]["threshold"] == 0.9 and config["embed"]["device"] == "cpu"
-    assert config["audit"]["target"] == {"a": 1.0, "b": 3.0} and config["dedup"]["clusters"] == 8
-    assert resolve_config({"dedup": {"threshold": 1}})["dedup"]["threshold"] == 1.0  # an int is a number
+    assert config["dedup"].threshold == 0.9 and config["embed"].device == "cpu"
+    assert config["audit"].target == {"a": 1.0, "b": 3.0} and config["dedup"].clusters == 8
+    assert resolve_config({"dedup": {"threshold": 1}})["dedup"].threshold == 1.0  # an int is a number
     with pytest.raises(ConfigError, match="expected SECTION.KEY=VALUE"):
         load_config(None, ["threshold=0.9"])
 

@@ -92,13 +92,13 @@ def test_refuses_folders_that_hold_something_else(world, tmp_path):
 
 def test_skips_and_their_checks(world, tmp_path):
     result = invoke(*world.args(tmp_path / "empty", "--skip", "embed"))
-    assert result.exit_code == 2 and "the embed stage is skipped but the folder has no embeddings" in result.output
+    assert result.exit_code == 2 and "the embed stage is skipped but the folder has no embed results" in result.output
     run = world.embedded_copy(tmp_path / "run")
     result = invoke(*world.args(run, "--resume", "--skip", "embed", "--skip", "classify", "--json"))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [r["stage"] for r in summary["stages"]] == ["dedup", "audit", "export"]
-    assert not (run / "stages" / "sexual").exists()
+    assert not (run / "stages" / "classify").exists()
     no_project = invoke(*world.args(tmp_path / "np", "--set", "classify.project=\"\"", "--dry-run"))
     assert "classify  skip  no [classify] project set" in no_project.output
     only_audit = invoke(*world.args(tmp_path / "oa", "--set", "run.stages=[\"embed\", \"audit\"]"))

@@ -16,7 +16,7 @@ KILLER = Path(__file__).with_name("kill_after.py")
 # Where to kill: the COUNT-th file matching PATTERN of each stage (4 shards; 5 clusterings).
 KILL_POINTS = {
     "embed": ("*/stages/embed/_done/*", 2),
-    "classify": ("*/stages/violence/_done/*", 1),
+    "classify": ("*/stages/classify/violence/*.parquet", 2),
     "dedup": ("*/stages/dedup/checkpoints/clustering_002.done.json", 1),
     "audit": ("*/audit/report.*", 1),
     "export": ("*/export/_done/*", 2),

@@ -11,12 +11,8 @@ from scipy import stats
 from sanitize.errors import ConfigError, DataError
 from sanitize.safety.audit_sample import draw_audit_sample
 from sanitize.safety.estimates import clopper_pearson
-from sanitize.safety.thresholds import (
-    certified_threshold,
-    min_positives,
-    naive_threshold,
-    simulate_violation_rate,
-)
+from sanitize.safety.thresholds import certified_threshold, min_positives
+from sanitize.testing.simulation import naive_threshold, simulate_violation_rate
 
 
 def _positives(n: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Estimates at a threshold: Clopper–Pearson and Wilson intervals, precision, recall, removal rate."""
+"""Estimates at a threshold: Clopper–Pearson intervals, precision, recall, removal rate."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from sanitize.safety.estimates import (
     precision_at,
     recall_at,
     removal_rate,
-    wilson,
 )
 
 
@@ -36,16 +35,11 @@ def test_clopper_pearson_is_vectorised_and_empty_is_uninformative():
     assert (float(lower), float(upper)) == (0.0, 1.0)
 
 
-def test_wilson_known_value():
-    lower, upper = wilson(5, 10, 0.95)
-    assert float(lower) == pytest.approx(0.2366, abs=1e-4) and float(upper) == pytest.approx(0.7634, abs=1e-4)
-
-
 def test_interval_options_are_validated():
     with pytest.raises(ConfigError, match="side"):
         clopper_pearson(1, 2, 0.9, side="both")
     with pytest.raises(ConfigError, match="confidence"):
-        wilson(1, 2, 1.0)
+        clopper_pearson(1, 2, 1.0)
 
 
 def test_precision_counts_positives_among_flagged_audit_rows():

@@ -1,1 +1,2 @@
-"""Stage runners: each reads a run folder (or manifest), calls a numeric core, writes row-aligned sidecars."""
+"""The stages of the pipeline, one module each: a `Stage` subclass, its config dataclass and its per-shard worker.
+The order they run in is `sanitize.pipeline.registry.STAGES`."""

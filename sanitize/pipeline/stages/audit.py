@@ -43,16 +43,65 @@ from sanitize.audit import (
     zero_shot_attribute,
 )
 from sanitize.audit.specs import UNKNOWN
-from sanitize.engines import Engine, resolve_engine
+from sanitize.engines import Engine
 from sanitize.errors import ConfigError
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
 from sanitize.io.manifest import Manifest, read_parquet
-from sanitize.io.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.options import option
+from sanitize.pipeline.stage import Stage, StageContext, StageResult
 
 logger = logging.getLogger(__name__)
 
 STAGE = "audit"
-DEFAULT_ATTRIBUTES = ("caption_gender", "occupations", "perceived_gender", "age")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The ``[audit]`` section: which attributes to audit the filters by, and the weights that undo the shift."""
+
+    attributes: tuple[str, ...] = option(("caption_gender", "occupations"),
+                                         "Lexicon or zero-shot names, lexicon:PATH, zero-shot:PATH or column:NAME.",
+                                         flag="--attribute")
+    weight_on: tuple[str, ...] = option((), "Attributes whose pre-filter distribution the weights restore.")
+    target: dict[str, float] = option({}, "Target mix for weight_on instead, e.g. {young = 0.75, old = 0.25}.")
+    device: str | None = option(None, "Device of the CLIP text tower (zero-shot attributes).", example="cuda")
+
+
+class AuditStage(Stage):
+    """Who each filter stage removed, by attribute, with statistics, flags, a report and optional weights."""
+
+    name = STAGE
+    Config = AuditConfig
+    role = "report"
+    summary = "attributes per row, counts per filter stage, statistics, flags, weights, report"
+
+    def check_plan(self, running: set[str], finished: set[str], out: str) -> None:
+        from sanitize.pipeline.registry import stage_classes
+
+        super().check_plan(running, finished, out)
+        filters = [s.name for s in stage_classes() if s.role == "filter"]
+        if not (set(filters) & (running | finished)):
+            raise ConfigError(f"audit needs a filter stage ({' or '.join(filters)}) to audit; none is run or "
+                              "finished")
+
+    def run(self, context: StageContext) -> StageResult:
+        """Audit the run's finished filter stages into RUN/audit/; see `audit_run`."""
+        started = time.perf_counter()
+        run, c = context.run, self.config
+        encode_text = None
+        if any(resolve_attribute(a).kind == "zero-shot" for a in c.attributes):
+            from sanitize.pipeline.stages.embed import load_run_model
+
+            encode_text = load_run_model(run, device=c.device).encode_text
+        folder = run.path / STAGE
+        run.begin_stage(STAGE, {"attributes": list(c.attributes), "weight_on": list(c.weight_on),
+                                "target": dict(c.target)}, role=self.role, folder=folder)
+        details = audit_run(run, attributes=c.attributes, encode_text=encode_text, weight_on=c.weight_on or None,
+                            target=c.target or None, engine=context.engine)
+        run.mark_done(STAGE, 0)
+        return context.result(self, started, None, details=details, note=f"{details['flags']} flag(s)",
+                              outputs={"report": details["paths"]["html"]})
 
 
 @dataclass(frozen=True)
@@ -86,26 +135,24 @@ def resolve_attribute(token: str) -> AttributeSource:
                       "zero-shot:PATH or column:NAME")
 
 
-def run_audit_stage(
+def audit_run(
     run: RunFolder,
     *,
-    attributes: Sequence[str] = DEFAULT_ATTRIBUTES,
+    attributes: Sequence[str] = AuditConfig.attributes,
     encode_text: Callable[[list[str]], np.ndarray] | None = None,
     weight_on: Sequence[str] | None = None,
     target: Mapping[str, float] | None = None,
     options: AuditOptions | None = None,
-    engine: Engine | None = None,
+    engine: Engine,
 ) -> dict[str, Any]:
-    """Audit ``run``'s finished stages; writes RUN/audit/ and returns a summary (flags, paths, seconds).
+    """Audit ``run``'s finished filter stages; writes RUN/audit/ and returns the details (flags, paths, weights).
 
     ``encode_text`` (the CLIP text tower of the model that embedded the run) is needed for zero-shot
-    attributes; without it they raise ConfigError. Stages are audited in the order they were run.
-    ``engine`` (default: local, one shard after another) computes the per-shard count tables
-    (`count_audit_shard`); they are merged and the statistics computed here, on the merged table only.
-    Weights, when asked for, are applied here too.
+    attributes; without it they raise ConfigError. Stages are audited in `RunFolder.decision_sets` order (a
+    classify stage's categories each count as one). ``engine`` computes the per-shard count tables
+    (`count_audit_shard`); they are merged and the statistics computed here, on the merged table only. Weights,
+    when asked for, are applied here too.
     """
-    started = time.perf_counter()
-    engine = resolve_engine(engine)
     sources = [resolve_attribute(a) for a in attributes]
     names = [s.info.name for s in sources]
     if len(set(names)) != len(names):
@@ -116,7 +163,7 @@ def run_audit_stage(
             if encode_text is None:
                 raise ConfigError(f"attribute {s.info.name!r} is zero-shot and needs the run's CLIP model")
             class_emb[s.info.name] = class_embeddings(s.spec, encode_text)
-    stages = run.finished_stages()
+    stages = run.decision_sets("filter")
     if not stages:
         raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
     if options is None:
@@ -134,15 +181,11 @@ def run_audit_stage(
     result = run_audit(shards, [s.info for s in sources], run.path / STAGE, stages=list(stages),
                        options=options, keywords=keywords, weight_on=list(weight_on) if weight_on else None,
                        target=target, title=f"Filter audit of {run.path.name}", counts=counts)
-    flags = result.report.get("flags", [])
-    stats = {"stages": stages, "attributes": names, "flags": len(flags),
-             "paths": {k: str(v) for k, v in result.paths.items()},
-             "engine": engine.name, "seconds": round(time.perf_counter() - started, 3),
-             "peak_memory_mb": round(peak_memory_mb(), 1)}
+    details = {"stages": stages, "attributes": names, "flags": len(result.report.get("flags", [])),
+               "paths": {k: str(v) for k, v in result.paths.items()}}
     if result.plan is not None:
-        stats["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
-    run.record_stats(STAGE, stats)
-    return stats
+        details["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
+    return details
 
 
 def audit_tables(run: RunFolder, sources: Sequence[AttributeSource], class_emb: dict[str, np.ndarray],

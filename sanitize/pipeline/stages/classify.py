@@ -5,13 +5,13 @@ For each category with a saved classifier in the labeling project:
 1. certify: score the random-audit labelled uids (only those rows are read from the run's embeddings), choose
    the highest threshold whose recall >= target is certified at the spec's confidence
    (`certified_threshold`, with the audit sample's strata and inclusion probabilities), and write
-   ``PROJECT/thresholds/<cat>.json`` (certificate, precision and removal-rate estimates with intervals, the
-   labels behind them). When it cannot certify, the certificate's conservative fallback threshold is used
-   and the report says how many more random labels are needed.
-2. filter: for every embedding shard, ``RUN/stages/<cat>/NNNNN.parquet`` with uid, keep, reason
-   (``sexual:0.934>=0.412``), score, then the shard's marker. The stage config holds the classifier file's
-   hash and the threshold, so a rerun with the same ones skips finished shards, and a new classifier or
-   threshold reruns the stage.
+   ``RUN/stages/classify/<cat>/certificate.json`` (certificate, precision and removal-rate estimates with
+   intervals, the labels behind them). When it cannot certify, the certificate's conservative fallback threshold
+   is used and the report says how many more random labels are needed. The project is only read.
+2. filter: for every embedding shard, ``RUN/stages/classify/<cat>/NNNNN.parquet`` per category with uid, keep,
+   reason (``sexual:0.934>=0.412``), score, then the shard's marker ``stages/classify/_done/NNNNN`` with its
+   counts. The stage config holds each classifier file's hash and threshold, so a rerun with the same ones skips
+   finished shards, and a new classifier or threshold reruns the stage.
 
 Each shard is read once for all categories; scoring is one matrix product per block of rows.
 """
@@ -30,23 +30,55 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.io.atomic import write_json
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
 from sanitize.io.manifest import read_parquet
-from sanitize.io.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.run_rows import metadata_files
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.options import option
+from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
 from sanitize.safety.audit_sample import audit_labels
 from sanitize.safety.classifier import EmbeddingClassifier
 from sanitize.safety.estimates import estimate_removal_rate, precision_at
 from sanitize.safety.pool import member_mask
-from sanitize.safety.project import LabelProject, metadata_files
+from sanitize.safety.project import LabelProject
 from sanitize.safety.thresholds import ThresholdCertificate, certified_threshold
 
 logger = logging.getLogger(__name__)
 
-STATS_KEY = "classify"
+STAGE = "classify"
 BLOCK_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """The ``[classify]`` section: the labeling project whose classifiers filter, and which categories."""
+
+    project: str | None = option(None, "Labeling project folder with the classifiers (unset: classify is skipped).",
+                                 example="labels/")
+    categories: tuple[str, ...] = option((), "Categories to filter (empty: every one with a classifier).",
+                                         flag="--category")
+
+
+class ClassifyStage(Stage):
+    """Per safety category: a certified recall-favouring threshold, then every row scored and decided."""
+
+    name = STAGE
+    Config = ClassifyConfig
+    summary = "per-category classifier scores against certified thresholds"
+
+    def skip_reason(self) -> str | None:
+        return None if self.config.project else "no [classify] project set"
+
+    def run(self, context: StageContext) -> StageResult:
+        """Certify and filter the categories over the run; see `classify_run`."""
+        if not self.config.project:
+            raise ConfigError("classify needs a labeling project (--project / classify.project)")
+        started = time.perf_counter()
+        project = LabelProject.open(self.config.project)
+        details = classify_run(context.run, project, self.config.categories or None, context=context)
+        return context.result(self, started, stored_counts(context.run, STAGE), details=details)
 
 
 @dataclass(frozen=True)
@@ -121,7 +153,7 @@ def gather_embeddings(run: RunFolder, uids: Sequence[str]) -> np.ndarray:
 
 
 def certify_category(project: LabelProject, run: RunFolder, name: str) -> CategoryFilter:
-    """Certify `name`'s threshold from its random-audit labels and write PROJECT/thresholds/<name>.json.
+    """Certify `name`'s threshold from its random-audit labels (the report is written by `classify_run`).
 
     Raises ConfigError for an unknown category or one without a classifier; DataError when there are no
     random-audit labels, an audit uid has no embedding, or a score is NaN.
@@ -159,11 +191,14 @@ def certify_category(project: LabelProject, run: RunFolder, name: str) -> Catego
                    "design": "simple random" if sample is None or strata is None or len(set(strata)) == 1
                    else "stratified"},
         "classifier": {"path": str(project.model_path(name)), "sha256": sha},
-        "run": str(run.path),
         "note": None if cert.certified else _not_certified_note(cert),
     }
-    write_json(project.threshold_path(name), report)
     return CategoryFilter(name, clf, sha, cert, report)
+
+
+def certificate_path(run: RunFolder, name: str) -> Path:
+    """Where the classify stage keeps category `name`'s certificate and estimates."""
+    return run.stage_dir(STAGE) / name / "certificate.json"
 
 
 def _not_certified_note(cert: ThresholdCertificate) -> str:
@@ -180,24 +215,16 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (repr(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def run_classify_stage(
-    run: RunFolder,
-    project: LabelProject,
-    categories: Sequence[str] | None = None,
-    *,
-    block_rows: int = BLOCK_ROWS,
-    engine: Engine | None = None,
-) -> dict[str, Any]:
+def classify_run(run: RunFolder, project: LabelProject, categories: Sequence[str] | None,
+                 *, context: StageContext, block_rows: int = BLOCK_ROWS) -> dict[str, Any]:
     """Certify and filter `categories` (default: every category with a saved classifier) over `run`.
 
-    Writes RUN/stages/<cat>/NNNNN.parquet (uid, keep, reason, score) per embedding shard, resumable, and
-    records per-category stats and the overlap between categories in stats.json. Returns those stats.
-    Certifying runs here; `engine` (default: local) runs the shards. The Ray engine loads the classifiers
-    from the project once per actor (refusing a classifier file that changed since it was certified); the
-    run and project folders must then be on storage every worker can reach.
+    Writes each category's certificate and its per-shard decisions under RUN/stages/classify/<cat>/, resumable.
+    Returns the details of the stage's result: per category its counts and certificate, and the overlap between
+    categories. Certifying runs here; ``context.engine`` runs the shards. The Ray engine loads the classifiers from
+    the project once per actor (refusing a classifier file that changed since it was certified); the run and
+    project folders must then be on storage every worker can reach.
     """
-    started = time.perf_counter()
-    engine = resolve_engine(engine)
     if categories:
         names = list(dict.fromkeys(categories))
         for name in names:
@@ -207,40 +234,30 @@ def run_classify_stage(
         if not names:
             raise ConfigError(f"{project.path}: no category has a classifier yet; label with `sanitize label`")
     filters = [certify_category(project, run, name) for name in names]
+    run.begin_stage(STAGE, {"categories": [f.stage_config() for f in filters]},
+                    decisions={f.name: run.stage_dir(STAGE) / f.name for f in filters})
     for f in filters:
-        run.begin_stage(f.name, f.stage_config())
-
+        write_json(certificate_path(run, f.name), f.report)
     n_shards = open_embeddings(run.path).n_shards
-    todo = [i for i in range(n_shards) if any(not run.is_done(f.name, i) for f in filters)]
-    engine.map_shards(ClassifyShardWorker(run.path, project.path, filters, block_rows=block_rows), todo)
-
-    summary = {"categories": {}, "seconds": 0.0}
-    for f in filters:
-        stats = category_stats(run, f)
-        run.record_stats(f.name, stats)
-        summary["categories"][f.name] = stats
-    summary["overlap"] = overlap(run, [f.name for f in filters], n_shards)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary["peak_memory_mb"] = round(peak_memory_mb(), 1)
-    summary["engine"] = engine.name
-    run.record_stats(STATS_KEY, {"overlap": summary["overlap"], "categories": names, "engine": engine.name,
-                                 "seconds": summary["seconds"], "peak_memory_mb": summary["peak_memory_mb"]})
-    return summary
+    todo = [i for i in range(n_shards) if not run.is_done(STAGE, i)]
+    context.engine.map_shards(ClassifyShardWorker(run.path, project.path, filters, block_rows=block_rows), todo)
+    counts = stored_counts(run, STAGE)
+    return {"categories": {f.name: category_stats(f, counts) for f in filters},
+            "overlap": {"removed_by_any": counts.rows_in - counts.kept, "pairs": overlap_pairs(names, counts)}}
 
 
 def classify_one_shard(run: RunFolder, source: EmbeddingSource, index: int, filters: Sequence[CategoryFilter],
                        *, block_rows: int = BLOCK_ROWS) -> int:
-    """Score embedding shard `index` for every filter whose shard is not done yet; write each sidecar + marker.
+    """Score embedding shard `index` for every filter; write each category's decisions, then the shard's marker
+    with its counts (rows, kept by every category, removed per category, removed by each pair of categories).
 
     The one function both engines call per shard (the shard is read once for all categories). Returns the
-    shard's number of rows (0 when every filter had it done). Raises DataError for a dimension mismatch or a
-    NaN score, naming the shard file and category.
+    shard's number of rows. Raises DataError for a dimension mismatch or a NaN score, naming the shard file and
+    category.
     """
-    todo = [f for f in filters if not run.is_done(f.name, index)]
-    if not todo:
-        return 0
     shard = source.read_shard(index)
-    for f in todo:
+    removed = []
+    for f in filters:
         if shard.img_emb.shape[1] != f.classifier.dim:
             raise DataError(f"{shard.source}: {shard.img_emb.shape[1]}-d embeddings, classifier "
                             f"{f.name!r} is {f.classifier.dim}-d")
@@ -248,8 +265,20 @@ def classify_one_shard(run: RunFolder, source: EmbeddingSource, index: int, filt
             scores = score_rows(f.classifier, shard.img_emb, block_rows=block_rows)
         except DataError as exc:
             raise DataError(f"{shard.source}: category {f.name!r}: {exc}") from None
-        run.write_shard(f.name, index, decision_table(f.name, shard.uids, scores, f.threshold))
+        table = decision_table(f.name, shard.uids, scores, f.threshold)
+        run.write_decisions(f.name, index, table)
+        removed.append(~table["keep"].to_numpy(zero_copy_only=False))
+    run.mark_done(STAGE, index, shard_counts([f.name for f in filters], removed, len(shard)).to_dict())
     return len(shard)
+
+
+def shard_counts(names: Sequence[str], removed: Sequence[np.ndarray], rows: int) -> ShardStats:
+    """The counts of one shard from each category's removed-row mask (same order as `names`)."""
+    flags = np.stack(removed) if removed else np.zeros((0, rows), dtype=bool)
+    pairs = {f"{a}&{names[j]}": int((flags[i] & flags[j]).sum())
+             for i, a in enumerate(names) for j in range(i + 1, len(names))}
+    return ShardStats(rows_in=rows, kept=rows - int(flags.any(axis=0).sum()),
+                      dropped={n: int(f.sum()) for n, f in zip(names, flags, strict=True)}, other=pairs)
 
 
 class ClassifyShardWorker:
@@ -305,12 +334,9 @@ def decision_table(name: str, uids: np.ndarray, scores: np.ndarray, threshold: f
     })
 
 
-def category_stats(run: RunFolder, f: CategoryFilter) -> dict[str, Any]:
-    """Rows, removed, removal rate (counted from the stage files, so a resumed run counts all) and the certificate."""
-    rows = removed = 0
-    for _, table in run.read_stage(f.name):
-        rows += table.num_rows
-        removed += table.num_rows - int(np.count_nonzero(table["keep"].to_numpy(zero_copy_only=False)))
+def category_stats(f: CategoryFilter, counts: ShardStats) -> dict[str, Any]:
+    """Rows, removed, removal rate (from the stage's merged counts, so a resumed run counts all) and the certificate."""
+    rows, removed = counts.rows_in, counts.dropped.get(f.name, 0)
     cert = f.certificate
     return {
         "rows_in": rows, "kept": rows - removed, "removed": removed,
@@ -319,25 +345,10 @@ def category_stats(run: RunFolder, f: CategoryFilter) -> dict[str, Any]:
         "certified": cert.certified, "target_recall": cert.target_recall, "confidence": cert.confidence,
         "recall_lower_bound": cert.recall_lower_bound, "audit_labels": cert.n_labels,
         "audit_positives": cert.n_positives, "more_labels_needed": cert.more_labels_needed,
-        "precision": f.report["precision"], "dropped": {f"{f.name}": removed},
+        "precision": f.report["precision"],
     }
 
 
-def overlap(run: RunFolder, names: Sequence[str], n_shards: int) -> dict[str, Any]:
-    """Rows removed by both of each pair of categories, and by any of them (row-aligned shards)."""
-    pairs = {f"{a}&{b}": 0 for i, a in enumerate(names) for b in names[i + 1:]}
-    any_removed = 0
-    for index in range(n_shards):
-        if not all(run.is_done(n, index) for n in names):
-            continue
-        tables = [read_parquet(run.shard_path(n, index), columns=["uid", "keep"]) for n in names]
-        if any(not t["uid"].equals(tables[0]["uid"]) for t in tables[1:]):
-            raise DataError(f"{run.path}: stage shards {index:05d} of {', '.join(names)} are not row-aligned")
-        flags = np.stack([~t["keep"].to_numpy(zero_copy_only=False) for t in tables]) if tables else None
-        if flags is None:
-            continue
-        any_removed += int(flags.any(axis=0).sum())
-        for i, a in enumerate(names):
-            for j in range(i + 1, len(names)):
-                pairs[f"{a}&{names[j]}"] += int((flags[i] & flags[j]).sum())
-    return {"removed_by_any": any_removed, "pairs": pairs}
+def overlap_pairs(names: Sequence[str], counts: ShardStats) -> dict[str, int]:
+    """Rows removed by both of each pair of categories, in category order."""
+    return {f"{a}&{b}": counts.other.get(f"{a}&{b}", 0) for i, a in enumerate(names) for b in names[i + 1:]}

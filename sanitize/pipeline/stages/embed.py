@@ -12,66 +12,96 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.clip.embed import OK, embed_shard
-from sanitize.clip.models import ClipModel
-from sanitize.engines import Engine, resolve_engine
+from sanitize.clip.embed import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, OK, embed_shard
+from sanitize.clip.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel
 from sanitize.io.embeddings import write_embedding_shard
 from sanitize.io.images import DEFAULT_MAX_PIXELS
 from sanitize.io.manifest import Manifest
-from sanitize.io.runfolder import RunFolder, peak_memory_mb
+from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.options import option
+from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
 
 logger = logging.getLogger(__name__)
 
 STAGE = "embed"
 
 
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The ``[embed]`` section: which CLIP model, on what device, in what batches."""
+
+    model: str = option(DEFAULT_MODEL, "open_clip architecture, local-dir:PATH or hf-hub:ORG/REPO.")
+    pretrained: str | None = option(DEFAULT_PRETRAINED,
+                                    "Weights tag or checkpoint path; 'none' for random weights (tests, the demo).")
+    device: str | None = option(None, "cpu, cuda, cuda:1 … (unset: CUDA when present, else CPU).", example="cuda")
+    precision: str | None = option(None, "fp32, fp16 or bf16 (unset: fp16 on GPU, fp32 on CPU).",
+                                   choices=("fp32", "fp16", "bf16"), example="fp16")
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per forward pass.", low=1)
+    workers: int = option(DEFAULT_DECODE_WORKERS, "Decoding processes per model.", low=0)
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Larger images are recorded as too_large (decompression-bomb guard).",
+                             low=1)
+
+
+class EmbedStage(Stage):
+    """CLIP image + caption embeddings of every manifest row; rows that cannot be embedded are dropped by status."""
+
+    name = STAGE
+    Config = EmbedConfig
+    role = "source"
+    requires = ()
+    summary = "CLIP image and caption embeddings (clip-retrieval layout), per-row status"
+
+    def __init__(self, config: EmbedConfig | None = None, *, model: ClipModel | None = None) -> None:
+        super().__init__(config)
+        self.model = model
+
+    def fingerprint(self, config) -> dict[str, Any]:
+        return {"input": config.section_dict("input"), "embed": config.section_dict(self.name)}
+
+    def prepare(self, seed: int) -> None:
+        """Load the model (fails fast on missing weights, before the run folder is touched)."""
+        if self.model is None:
+            from sanitize.clip.models import load_clip
+
+            c = self.config
+            self.model = load_clip(c.model, c.pretrained, device=c.device, precision=c.precision, seed=seed)
+
+    def run(self, context: StageContext) -> StageResult:
+        """Embed every shard of the run's manifest not yet done (uids checked unique first); per-row failures
+        (missing, corrupt, too large) are recorded, never raised. The Ray engine loads the same model once per
+        actor, and the run folder must then be on storage every worker can reach."""
+        self.prepare(context.seed)
+        started = time.perf_counter()
+        run, c = context.run, self.config
+        manifest = run.manifest()
+        progress = context.progress
+        bar = (lambda n: progress(self.name, n)) if progress else None
+        manifest.check_unique_uids()
+        run.begin_stage(STAGE, embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels),
+                        role=self.role, clear=(run.stage_dir(STAGE), run.embeddings_dir))
+        todo = []
+        for index in range(len(manifest.files)):
+            if not run.is_done(STAGE, index):
+                todo.append(index)
+            elif bar is not None:
+                bar(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
+        worker = EmbedShardWorker(manifest, run.path, model_config(self.model), batch_size=c.batch_size,
+                                  num_workers=c.workers, max_pixels=c.max_pixels, model=self.model, progress=bar)
+        context.engine.map_shards(worker, todo, progress=(lambda n: bar(n) if n else None) if bar else None)
+        return context.result(self, started, stored_counts(run, STAGE))
+
+
 def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int) -> dict[str, Any]:
     """What decides the embed stage's output (its fingerprint): model, weights, precision, batch size, limits."""
     return {"model": model.name, "pretrained": str(model.pretrained), "precision": model.precision,
             "dim": model.dim, "seed": model.seed, "batch_size": batch_size, "max_pixels": max_pixels}
-
-
-def run_embed_stage(
-    manifest: Manifest,
-    run: RunFolder,
-    model: ClipModel,
-    *,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: Callable[[int], Any] | None = None,
-    engine: Engine | None = None,
-) -> dict[str, Any]:
-    """Embed every shard of ``manifest`` not yet done in ``run``; returns the stage's stats (also in stats.json).
-
-    The manifest's uids are checked for duplicates first (DataError with examples). Per-row failures (missing,
-    corrupt, too large) are recorded, never raised. ``engine`` (default: local, in this process with
-    ``model``) runs the shards; the Ray engine loads the same model (name, weights, precision, seed) once
-    per actor, and the run folder must then be on storage every worker can reach.
-    """
-    started = time.perf_counter()
-    engine = resolve_engine(engine)
-    rows = manifest.check_unique_uids()
-    run.begin_stage(STAGE, embed_config(model, batch_size=batch_size, max_pixels=max_pixels))
-    todo = []
-    for index in range(len(manifest.files)):
-        if not run.is_done(STAGE, index):
-            todo.append(index)
-        elif progress is not None:
-            progress(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
-    worker = EmbedShardWorker(manifest, run.path, model_config(model), batch_size=batch_size,
-                              num_workers=num_workers, max_pixels=max_pixels, model=model, progress=progress)
-    engine.map_shards(worker, todo, progress=(lambda n: progress(n) if n else None) if progress else None)
-    stats = embed_stats(run, rows, time.perf_counter() - started)
-    stats["engine"] = engine.name
-    run.record_stats(STAGE, stats)
-    return stats
 
 
 def model_config(model: ClipModel) -> dict[str, Any]:
@@ -94,10 +124,12 @@ def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipM
     write_embedding_shard(run.embeddings_dir, index, result.img_emb, result.text_emb, meta)
     ok = pa.array([s == OK for s in result.status])
     reasons = [None if s == OK else f"embed:{s}" for s in result.status]
+    statuses = Counter(result.status)
+    counts = ShardStats(rows_in=len(result.status), kept=statuses.pop(OK, 0), dropped=dict(statuses))
     run.write_shard(STAGE, index, pa.table({
         "uid": shard.table["uid"], "keep": ok, "reason": pa.array(reasons, pa.string()),
         "status": pa.array(result.status, pa.string()), "error": pa.array(result.error, pa.string()),
-    }))
+    }), counts.to_dict())
     return shard.table.num_rows
 
 
@@ -140,15 +172,6 @@ class EmbedShardWorker:
                                batch_size=self.batch_size, num_workers=self.num_workers,
                                max_pixels=self.max_pixels, progress=self.progress)
         return 0 if self.progress is not None else rows
-
-
-def embed_stats(run: RunFolder, rows: int, seconds: float) -> dict[str, Any]:
-    """Rows in, embedded, and failures by status, counted from the stage's files (so a resumed run counts all)."""
-    counts: Counter[str] = Counter()
-    for _, table in run.read_stage(STAGE):
-        counts.update(table["status"].to_pylist())
-    return {"rows_in": rows, "kept": counts.get(OK, 0), "dropped": {k: v for k, v in sorted(counts.items()) if k != OK},
-            "seconds": round(seconds, 3), "peak_memory_mb": round(peak_memory_mb(), 1)}
 
 
 def load_run_model(run: RunFolder, *, device: str | None = None) -> ClipModel:

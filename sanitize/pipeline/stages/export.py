@@ -1,15 +1,14 @@
-"""Export a run: the kept rows as a manifest with the input's own columns, and the removed uids with reasons.
+"""The export stage: the kept rows as a manifest with the input's own columns, and the removed uids with reasons.
 
 ```
 OUT/
   kept/<input shard name>.parquet   input rows that no stage removed, columns and order as in the input
   removed.parquet                   uid, stages (list), reasons ("; "-joined), one row per removed uid
-  _done/00000 …                     per-shard completion markers, written last
-  _removed.sha256                   digest of the removed uids the markers were written for
+  _done/00000 …                     per-shard completion markers (with the shard's counts), written last
 ```
-A row is removed when any finished stage wrote ``keep == False`` for its uid. Rows a stage never saw (e.g. not
-embedded) are not removed by that stage. The input is only read. When a stage's decisions change (a rerun with
-another config), the removed set changes, its digest no longer matches, and every shard is written again.
+A row is removed when any finished source or filter stage wrote ``keep == False`` for its uid. Rows a stage never
+saw (e.g. not embedded) are not removed by that stage. The input is only read. The removed set is part of the
+stage's fingerprint: when a stage's decisions change (a rerun with another config), every shard is written again.
 """
 
 from __future__ import annotations
@@ -17,24 +16,73 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from sanitize.io import atomic
 from sanitize.io.runfolder import RunFolder
+from sanitize.pipeline.options import option
+from sanitize.pipeline.stage import (
+    ManifestShardWorker,
+    ShardStats,
+    Stage,
+    StageContext,
+    StageResult,
+    stored_counts,
+)
 
 logger = logging.getLogger(__name__)
+
+STAGE = "export"
+REMOVED = "removed by a stage"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The ``[export]`` section: where the kept manifest goes."""
+
+    out: str | None = option(None, "Folder of the kept manifest (unset: RUN/export).", example="kept/")
+
+
+class ExportStage(Stage):
+    """The rows no stage removed, with the input's own columns, and removed.parquet with every reason."""
+
+    name = STAGE
+    Config = ExportConfig
+    role = "sink"
+    summary = "kept manifest (input's own columns) + removed uids with reasons"
+
+    def run(self, context: StageContext) -> StageResult:
+        started = time.perf_counter()
+        run = context.run
+        out = export_folder(run, self.config)
+        removed = removed_rows(run)
+        digest = hashlib.sha256("\n".join(removed["uid"].to_list()).encode()).hexdigest()
+        run.begin_stage(STAGE, {"out": run.relative(out), "removed_sha256": digest}, role=self.role, folder=out,
+                        clear=(out / "_done",))
+        atomic.write_parquet(out / "removed.parquet", removed.to_arrow())
+        todo = [i for i in range(len(run.manifest().files)) if not run.is_done(STAGE, i)]
+        context.engine.map_shards(ExportShardWorker(run.path, out, removed["uid"].to_list()), todo)
+        counts = stored_counts(run, STAGE)
+        logger.info("export: %s", counts)
+        return context.result(self, started, counts, details={"out": str(out)}, outputs={"kept_manifest": str(out)})
+
+
+def export_folder(run: RunFolder, config: ExportConfig) -> Path:
+    """Where the export of `run` goes: ``config.out``, else RUN/export."""
+    return Path(config.out) if config.out is not None else run.path / "export"
 
 
 def removed_rows(run: RunFolder) -> pl.DataFrame:
     """Every uid some stage removed: columns uid, stages (list[str]), reasons (str), sorted by uid."""
     frames = []
-    for stage in run.finished_stages() + (["embed"] if (run.stage_dir("embed") / "_done").is_dir() else []):
-        for _, table in run.read_stage(stage):
-            df = pl.from_arrow(table.select(["uid", "keep", "reason"]))
-            frames.append(df.filter(~pl.col("keep")).select("uid", pl.lit(stage).alias("stage"), "reason"))
+    for name in run.decision_sets("filter") + run.decision_sets("source"):
+        for _, table in run.read_stage(name, columns=["uid", "keep", "reason"]):
+            df = pl.from_arrow(table)
+            frames.append(df.filter(~pl.col("keep")).select("uid", pl.lit(name).alias("stage"), "reason"))
     if not frames:
         return pl.DataFrame(schema={"uid": pl.String, "stages": pl.List(pl.String), "reasons": pl.String})
     return (
@@ -45,35 +93,22 @@ def removed_rows(run: RunFolder) -> pl.DataFrame:
     )
 
 
-def export_run(run: RunFolder, out: str | os.PathLike | None = None) -> dict:
-    """Write the kept manifest and removed.parquet under ``out`` (default RUN/export). Returns a summary dict.
+class ExportShardWorker(ManifestShardWorker):
+    """The export stage's `ShardWorker`: writes one input shard's kept rows, then its marker with the counts."""
 
-    Resumable: shards whose marker exists are skipped; output is identical on a rerun.
-    """
-    out = Path(out) if out is not None else run.path / "export"
-    manifest = run.manifest()
-    removed = removed_rows(run)
-    removed_set = pl.Series("uid", removed["uid"])
-    digest = hashlib.sha256("\n".join(removed["uid"].to_list()).encode()).hexdigest()
-    state = out / "_removed.sha256"
-    if state.exists() and state.read_text().strip() != digest:
-        logger.info("%s: the removed rows changed; writing every shard again", out)
-        shutil.rmtree(out / "_done", ignore_errors=True)
-    atomic.write_parquet(out / "removed.parquet", removed.to_arrow())
-    atomic.write_text(state, digest + "\n")
-    kept_total = rows_total = 0
-    for index, _ in enumerate(manifest.files):
-        shard = manifest.read_shard(index)
-        rows_total += shard.table.num_rows
-        keep_mask = ~pl.Series(shard.table.column("uid").to_pylist(), dtype=pl.String).is_in(removed_set.implode())
-        kept_total += int(keep_mask.sum())
-        marker = out / "_done" / f"{index:05d}"
-        if marker.exists():
-            continue
-        raw = manifest.read_raw_shard(index)
-        kept = raw.filter(keep_mask.to_arrow())
-        atomic.write_parquet(out / "kept" / f"{shard.name}.parquet", kept)
-        atomic.write_text(marker, "done\n")
-    summary = {"rows": rows_total, "kept": kept_total, "removed": rows_total - kept_total, "out": str(out)}
-    logger.info("export: %s", summary)
-    return summary
+    def __init__(self, run_path: str | os.PathLike, out: str | os.PathLike, removed: list[str]) -> None:
+        super().__init__(run_path)
+        self.out = Path(out)
+        self.removed = removed
+
+    def __call__(self, index: int) -> int:
+        self.setup()
+        shard = self.manifest.read_shard(index)
+        uids = pl.Series(shard.table.column("uid").to_pylist(), dtype=pl.String)
+        keep_mask = ~uids.is_in(pl.Series(self.removed, dtype=pl.String).implode())
+        kept = self.manifest.read_raw_shard(index).filter(keep_mask.to_arrow())
+        atomic.write_parquet(self.out / "kept" / f"{shard.name}.parquet", kept)
+        rows = shard.table.num_rows
+        counts = ShardStats(rows_in=rows, kept=kept.num_rows, dropped={REMOVED: rows - kept.num_rows})
+        self.run.mark_done(STAGE, index, counts.to_dict())
+        return rows

@@ -12,7 +12,8 @@ import pytest
 from sanitize.io.embeddings import open_embeddings
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.embed import run_embed_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
 from sanitize.testing.fixtures import write_img2dataset_fixture
 
 TINY_CONFIG = {
@@ -42,7 +43,7 @@ def files_bytes(folder: Path) -> dict[str, bytes]:
 def test_embed_stage_writes_clip_retrieval_layout(tmp_path, model):
     m = open_manifest(write_img2dataset_fixture(tmp_path / "in", 21, n_shards=3))
     run = RunFolder.create(tmp_path / "run", m)
-    stats = run_embed_stage(m, run, model, batch_size=4, num_workers=0)
+    stats = run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0), model=model), run).to_dict()
     assert stats["rows_in"] == 21 and stats["kept"] == 18 and stats["dropped"] == {"no_image": 3}
     src = open_embeddings(run.path)
     shards = list(src.shards())
@@ -57,14 +58,14 @@ def test_embed_stage_writes_clip_retrieval_layout(tmp_path, model):
 def test_resume_after_interruption_is_byte_identical(tmp_path, model):
     m = open_manifest(write_img2dataset_fixture(tmp_path / "in", 21, n_shards=3))
     whole = RunFolder.create(tmp_path / "whole", m)
-    run_embed_stage(m, whole, model, batch_size=4, num_workers=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0), model=model), whole)
     broken = RunFolder.create(tmp_path / "broken", m)
-    run_embed_stage(m, broken, model, batch_size=4, num_workers=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0), model=model), broken)
     # simulate a kill during shard 1: its marker never got written, a temp file and a half shard are left behind
     broken.marker("embed", 1).unlink()
     (broken.embeddings_dir / "img_emb" / "img_emb_00001.npy").write_bytes(b"half")
     (broken.embeddings_dir / "img_emb" / ".img_emb_00002.npy.abc.tmp.npy").write_bytes(b"partial")
-    run_embed_stage(m, broken, model, batch_size=4, num_workers=0)
+    run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0), model=model), broken)
     (broken.embeddings_dir / "img_emb" / ".img_emb_00002.npy.abc.tmp.npy").unlink()
     whole_files, broken_files = files_bytes(whole.path), files_bytes(broken.path)
     whole_files.pop("run.json"), broken_files.pop("run.json")

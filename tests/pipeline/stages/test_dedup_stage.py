@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from sanitize.errors import ConfigError
 from sanitize.io.embeddings import write_embedding_shard
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.dedup import run_dedup_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.dedup import DedupConfig, DedupStage, dedup_folder
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
@@ -46,8 +46,9 @@ def run_with_embeddings(tmp_path):
 
 def test_run_folder_decisions_per_shard_and_keep_by(run_with_embeddings):
     run, quality = run_with_embeddings
-    stats = run_dedup_stage(run.path, threshold=0.95, n_clusterings=3, keep_by="quality", recall_sample=200)
-    assert stats["pairs"] == 20 and stats["removed"] == 20
+    stage = DedupStage(DedupConfig(threshold=0.95, clusterings=3, keep_by="quality", recall_sample=200))
+    stats = run_stage(stage, run).to_dict()
+    assert stats["pairs"] == 20 and stats["dropped"] == {"duplicate": 20} and stats["kept"] == 580
     decisions = pq.read_table(run.shard_path("dedup", 0)).to_pylist()
     assert len(decisions) == 300 and run.is_done("dedup", 1)
     for i in range(20):
@@ -58,18 +59,20 @@ def test_run_folder_decisions_per_shard_and_keep_by(run_with_embeddings):
     pairs = pq.read_table(run.stage_dir("dedup") / "pairs.parquet")
     assert pairs.num_rows == 20 and set(pairs.column_names) == {"uid_a", "uid_b", "cosine", "clustering"}
     before = run.shard_path("dedup", 1).read_bytes()
-    again = run_dedup_stage(run.path, threshold=0.95, n_clusterings=3, keep_by="quality", recall_sample=200)
-    assert again == stats and run.shard_path("dedup", 1).read_bytes() == before  # finished stage reused
+    again = run_stage(stage, run).to_dict()
+    timing = ("seconds", "peak_memory_mb", "phase_seconds", "clusterings")  # the reused result has no log
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in stats.items() if k not in timing}
+    assert run.shard_path("dedup", 1).read_bytes() == before  # finished stage reused
 
 
 def test_npy_source_needs_out_and_writes_decisions(tmp_path):
     np.save(tmp_path / "x.npy", planted())
-    with pytest.raises(ConfigError, match="--out is needed"):
-        run_dedup_stage(tmp_path / "x.npy")
+    needs_out = CliRunner().invoke(cli, ["dedup", str(tmp_path / "x.npy")])
+    assert needs_out.exit_code == 2 and "--out is needed" in needs_out.stderr
     result = CliRunner().invoke(cli, ["dedup", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o"),
                                       "--clusterings", "1", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["removed"] == 20
+    assert json.loads(result.stdout)["dropped"] == {"duplicate": 20}
     decisions = pq.read_table(tmp_path / "o" / "decisions.parquet")
     assert decisions["uid"].to_pylist()[:2] == ["0", "1"] and decisions["keep"].to_pylist()[1] is False
 
@@ -89,8 +92,8 @@ def test_parquet_source_keeps_by_its_own_column(tmp_path):
     table = pa.table({"uid": [f"p{i}" for i in range(200)], "quality": quality,
                       "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])})
     pq.write_table(table, tmp_path / "emb.parquet")
-    run_dedup_stage(tmp_path / "emb.parquet", out=tmp_path / "o", keep_by="quality", n_clusterings=2,
-                    recall_sample=50)
+    dedup_folder(tmp_path / "emb.parquet", tmp_path / "o", DedupConfig(keep_by="quality", clusterings=2,
+                                                                         recall_sample=50))
     decisions = pq.read_table(tmp_path / "o" / "decisions.parquet").to_pylist()
     assert decisions[0]["keep"] is False and decisions[0]["duplicate_of"] == "p1"
     assert decisions[2]["keep"] is True and decisions[3]["duplicate_of"] == "p2"

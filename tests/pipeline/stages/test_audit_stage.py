@@ -13,7 +13,8 @@ from sanitize.demo.sample import make_sample
 from sanitize.errors import ConfigError
 from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.audit import run_audit_stage
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.audit import AuditConfig, AuditStage
 from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
@@ -38,7 +39,8 @@ def filtered_run(tmp_path_factory):
 
 def test_planted_shift_is_flagged_and_weights_undo_it(filtered_run):
     run, truth = filtered_run
-    stats = run_audit_stage(run, attributes=["caption_gender", "occupations"], weight_on=["caption_gender"])
+    config = AuditConfig(attributes=("caption_gender", "occupations"), weight_on=("caption_gender",))
+    stats = run_stage(AuditStage(config), run).to_dict()
     report = json.loads((run.path / "audit" / "report.json").read_text())
     top = report["flags"][0]
     assert top["group"] == "female" and top["ratio"] > 1.5
@@ -62,5 +64,5 @@ def test_cli_audit_and_bad_attribute(filtered_run):
     assert json.loads(result.stdout)["stages"] == ["sexual"]
     bad = runner.invoke(cli, ["audit", str(run.path), "--attribute", "shoe_size"])
     assert bad.exit_code == 2 and "unknown attribute 'shoe_size'" in bad.stderr
-    with pytest.raises(ConfigError, match="needs the run's CLIP model"):
-        run_audit_stage(run, attributes=["perceived_gender"])
+    with pytest.raises(ConfigError, match="no embed stage, so no CLIP model to load"):
+        run_stage(AuditStage(AuditConfig(attributes=("perceived_gender",))), run)

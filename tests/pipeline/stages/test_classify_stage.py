@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,9 +13,17 @@ import pytest
 from sanitize.errors import ConfigError, DataError
 from sanitize.io.embeddings import write_embedding_shard
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.classify import decision_table, gather_embeddings, run_classify_stage, score_rows
+from sanitize.pipeline.stage import run_stage
+from sanitize.pipeline.stages.classify import (
+    ClassifyConfig,
+    ClassifyStage,
+    decision_table,
+    gather_embeddings,
+    score_rows,
+)
 from sanitize.safety.classifier import from_layers
-from sanitize.safety.project import LabelProject, add_answers, draw_audit_batch, propose_next_batch
+from sanitize.safety.project import LabelProject
+from sanitize.safety.workflow import add_answers, draw_audit_batch, propose_next_batch
 
 SPEC = """
 [categories.ai_generated]
@@ -104,7 +113,7 @@ def test_stage_rows_follow_the_threshold_and_a_new_classifier_reruns(setup, tmp_
     run, project, _ = setup
     seed(setup, tmp_path)
     label_audit(setup, tmp_path, 300)
-    summary = run_classify_stage(run, project)
+    summary = run_stage(ClassifyStage(ClassifyConfig(project=str(project.path))), run).to_dict()
     stats = summary["categories"]["ai_generated"]
     assert stats["rows_in"] == SHARDS * ROWS and stats["audit_labels"] == 300
     threshold = stats["threshold"]
@@ -112,12 +121,14 @@ def test_stage_rows_follow_the_threshold_and_a_new_classifier_reruns(setup, tmp_
         assert table["uid"].to_pylist() == [f"s{index}-{i}" for i in range(ROWS)]
         scores = table["score"].to_numpy()
         assert (table["keep"].to_numpy(zero_copy_only=False) == (scores < threshold)).all()
-    fingerprint = run.info()["stages"]["ai_generated"]["fingerprint"]
+    certificate = json.loads((run.stage_dir("classify") / "ai_generated" / "certificate.json").read_text())
+    assert certificate["certificate"]["threshold"] == threshold and not (project.path / "thresholds").exists()
+    fingerprint = run.info()["stages"]["classify"]["fingerprint"]
     # A retrained classifier (more labels) gives a new config: the stage reruns instead of mixing decisions.
     extra = list(setup[2])[400:420]
     add_answers(project, run, "ai_generated", write_answers(tmp_path / "more.csv", extra, setup[2]))
-    run_classify_stage(run, project)
-    assert run.info()["stages"]["ai_generated"]["fingerprint"] != fingerprint
+    run_stage(ClassifyStage(ClassifyConfig(project=str(project.path))), run)
+    assert run.info()["stages"]["classify"]["fingerprint"] != fingerprint
 
 
 def test_score_rows_decisions_and_gather_errors(setup):
@@ -139,7 +150,8 @@ def test_score_rows_decisions_and_gather_errors(setup):
 def test_classify_of_a_category_without_audit_or_classifier(setup, tmp_path):
     run, project, _ = setup
     with pytest.raises(ConfigError, match="no category has a classifier yet"):
-        run_classify_stage(run, project)
+        run_stage(ClassifyStage(ClassifyConfig(project=str(project.path))), run)
     seed(setup, tmp_path)
     with pytest.raises(DataError, match="no random-audit labels"):
-        run_classify_stage(run, project, ["ai_generated"])
+        run_stage(ClassifyStage(ClassifyConfig(project=str(project.path), categories=("ai_generated",))),
+                  run)
