@@ -199,7 +199,7 @@ class RunFolder:
 
     def marker(self, stage: str, index: int) -> Path:
         """The completion marker of shard `index` of `stage` (or of the stage that writes decision set `stage`)."""
-        return self.stage_folder(self._owner(stage)) / "_done" / f"{index:05d}"
+        return self.stage_folder(self.owner(stage)) / "_done" / f"{index:05d}"
 
     def is_done(self, stage: str, index: int) -> bool:
         return self.marker(stage, index).exists()
@@ -238,7 +238,7 @@ class RunFolder:
 
     def read_stage(self, stage: str, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """Yield (shard index, table) for every finished shard of decision set (or stage) ``stage``."""
-        owner = self._owner(stage)
+        owner = self.owner(stage)
         done = sorted(int(p.name) for p in (self.stage_folder(owner) / "_done").glob("[0-9]*"))
         for index in done:
             yield index, read_parquet(self.shard_path(stage, index), columns=columns)
@@ -262,7 +262,7 @@ class RunFolder:
                 return self._absolute(entry["decisions"][name])
         return self.stage_dir(name)
 
-    def _owner(self, name: str) -> str:
+    def owner(self, name: str) -> str:
         """The stage that wrote decision set `name`."""
         for stage, entry in self.info().get("stages", {}).items():
             if name in entry.get("decisions", {}):

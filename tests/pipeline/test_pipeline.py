@@ -33,6 +33,9 @@ def test_full_run_prints_stats_and_writes_them(world, tmp_path):
     assert all(r["seconds"] >= 0 and r["peak_memory_mb"] > 0 for r in summary["stages"])
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["pipeline"]["totals"]["kept"] == export["kept"]
+    # The audit adds the filters up in the order they ran ("all stages so far").
+    report = json.loads((tmp_path / "run" / "audit" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["sexual", "violence", "dedup"]
     # The human table and summary line.
     text = invoke(*world.args(tmp_path / "run"))
     assert text.exit_code == 0, text.output

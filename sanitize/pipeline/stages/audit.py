@@ -148,10 +148,10 @@ def audit_run(
     """Audit ``run``'s finished filter stages; writes RUN/audit/ and returns the details (flags, paths, weights).
 
     ``encode_text`` (the CLIP text tower of the model that embedded the run) is needed for zero-shot
-    attributes; without it they raise ConfigError. Stages are audited in `RunFolder.decision_sets` order (a
-    classify stage's categories each count as one). ``engine`` computes the per-shard count tables
-    (`count_audit_shard`); they are merged and the statistics computed here, on the merged table only. Weights,
-    when asked for, are applied here too.
+    attributes; without it they raise ConfigError. Stages are audited in pipeline order (a classify stage's
+    categories each count as one, by name), so "all stages so far" adds them up in the order they filter.
+    ``engine`` computes the per-shard count tables (`count_audit_shard`); they are merged and the statistics
+    computed here, on the merged table only. Weights, when asked for, are applied here too.
     """
     sources = [resolve_attribute(a) for a in attributes]
     names = [s.info.name for s in sources]
@@ -163,7 +163,7 @@ def audit_run(
             if encode_text is None:
                 raise ConfigError(f"attribute {s.info.name!r} is zero-shot and needs the run's CLIP model")
             class_emb[s.info.name] = class_embeddings(s.spec, encode_text)
-    stages = run.decision_sets("filter")
+    stages = in_pipeline_order(run, run.decision_sets("filter"))
     if not stages:
         raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
     if options is None:
@@ -186,6 +186,14 @@ def audit_run(
     if result.plan is not None:
         details["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
     return details
+
+
+def in_pipeline_order(run: RunFolder, names: Sequence[str]) -> list[str]:
+    """Decision sets `names` ordered by the registry's position of the stage that wrote each, then by name."""
+    from sanitize.pipeline.registry import stage_names
+
+    position = {stage: i for i, stage in enumerate(stage_names())}
+    return sorted(names, key=lambda name: (position.get(run.owner(name), len(position)), name))
 
 
 def audit_tables(run: RunFolder, sources: Sequence[AttributeSource], class_emb: dict[str, np.ndarray],
