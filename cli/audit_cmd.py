@@ -8,16 +8,15 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.audit import AuditConfig, AuditStage
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option
 
 
-@cli.command()
+@click.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click_options("audit", AuditConfig)
 @json_option
 def audit(run, as_json, **values):
-    """Audit what the run's filters did to who is represented; write RUN/audit/report.{html,md,json}."""
     stats = run_stage(AuditStage(from_cli("audit", AuditConfig, values)), RunFolder.open(run)).to_dict()
     lines = [f"audited stages {', '.join(stats['stages'])} by {', '.join(stats['attributes'])}: "
              f"{stats['flags']} flag(s)", f"report: {stats['paths']['html']}"]

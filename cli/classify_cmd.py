@@ -8,16 +8,15 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.classify import ClassifyConfig, ClassifyStage
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option
 
 
-@cli.command()
+@click.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click_options("classify", ClassifyConfig)
 @json_option
 def classify(run, as_json, **values):
-    """Certify a recall-favouring threshold per category from random-audit labels and filter every row of RUN."""
     config = from_cli("classify", ClassifyConfig, values)
     if not config.project:
         raise click.UsageError("--project is required: the labeling project with the classifiers")

@@ -8,16 +8,15 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.export import ExportConfig, ExportStage
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from
 
 
-@cli.command()
+@click.command()
 @click.argument("manifest")
 @manifest_options
 @json_option
 def inspect(manifest, as_json, **values):
-    """Read MANIFEST (file, glob or folder), check that uids are unique, and describe it."""
     m = open_manifest_from(manifest, values)
     rows = m.check_unique_uids()
     first = m.read_shard(0)
@@ -35,12 +34,11 @@ def inspect(manifest, as_json, **values):
     ])
 
 
-@cli.command()
+@click.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click_options("export", ExportConfig)
 @json_option
 def export(run, as_json, **values):
-    """Write the rows no stage removed, with the input's own columns, plus removed.parquet with reasons."""
     summary = run_stage(ExportStage(from_cli("export", ExportConfig, values)), RunFolder.open(run)).to_dict()
     emit(summary, as_json, [f"kept {summary['kept']} of {summary['rows_in']} rows, removed "
                             f"{summary['rows_in'] - summary['kept']}; written to {summary['out']}"])

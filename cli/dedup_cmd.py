@@ -11,11 +11,11 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.dedup import DedupConfig, DedupStage, dedup_folder
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, seed_option
 
 
-@cli.command()
+@click.command()
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder (required unless SOURCE is a run).")
 @click_options("dedup", DedupConfig)
@@ -24,7 +24,6 @@ from sanitize_cli.options import json_option, seed_option
 @seed_option
 @json_option
 def dedup(source, out, embedding_col, id_col, seed, as_json, **values):
-    """Remove near-duplicates in SOURCE (run folder, clip-retrieval folder, parquet, or .npy)."""
     config = from_cli("dedup", DedupConfig, values)
 
     def progress(phase: str, done: int, total: int) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import click
-from tqdm import tqdm
 
-from sanitize.demo.run import run_demo
 from sanitize.engines import ENGINES
 from sanitize.pipeline.runner import format_table
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option
 
 
-@cli.command()
+@click.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--rows", default=1200, show_default=True, type=click.IntRange(100, 2000), help="Sample size.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample and of the demo model.")
@@ -21,7 +19,10 @@ from sanitize_cli.options import json_option
               help="Run the pipeline in this process or on a local Ray.")
 @json_option
 def demo(out, rows, seed, workers, engine, as_json):
-    """Generate a sample (images, captions, near-duplicates, broken files) in OUT and run `sanitize run` on it."""
+    from tqdm import tqdm
+
+    from sanitize.demo.run import run_demo  # the labeling workflow (scikit-learn): imported to run, not for --help
+
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, n: int) -> None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import click
-from tqdm import tqdm
 
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from, seed_option
 
 
-@cli.command()
+@click.command()
 @click.argument("manifest")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @manifest_options
@@ -21,7 +20,8 @@ from sanitize_cli.options import json_option, manifest_options, open_manifest_fr
 @seed_option
 @json_option
 def embed(manifest, out, seed, as_json, **values):
-    """Embed the images and captions of MANIFEST with CLIP into the run folder OUT (resumable)."""
+    from tqdm import tqdm  # imported to run, not for --help
+
     stage = EmbedStage(from_cli("embed", EmbedConfig, values))
     stage.prepare(seed)  # fails fast (missing weights), before any data is read
     m = open_manifest_from(manifest, values)

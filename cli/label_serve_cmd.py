@@ -13,7 +13,7 @@ from sanitize.labelserver.session import LabelingSession
 from sanitize.pipeline.stages.embed import load_run_model
 from sanitize.safety.project import LabelProject
 from sanitize.safety.strategies import COLD_START, STRATEGIES
-from sanitize_cli.label_cmds import label, project_option, run_option
+from sanitize_cli.label_cmds import project_option, run_option
 from sanitize_cli.options import seed_option
 
 DEFAULT_HOST = "127.0.0.1"
@@ -26,7 +26,7 @@ def _default_annotator() -> str:
         return ""
 
 
-@label.command("serve")
+@click.command("serve")
 @click.argument("category")
 @project_option
 @run_option
@@ -42,9 +42,7 @@ def _default_annotator() -> str:
 @seed_option
 @click.option("--device", default=None, help="Device for the CLIP text tower (cold start only).")
 def serve(category, project, run, port, host, n, strategy, annotator, seed, device):
-    """Serve a labeling page for CATEGORY: guidelines, then one image at a time (keys y/n/s/u/?).
-
-    Continues the latest unfinished batch of the project, else proposes one. Answers go into the label store
+    """Continues the latest unfinished batch of the project, else proposes one. Answers go into the label store
     as they are given; when the batch is done the page retrains and offers the next round. Stop with Ctrl-C.
     """
     if host is None:

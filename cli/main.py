@@ -1,22 +1,89 @@
 """`sanitize` — the click application. Commands parse options and call `sanitize.*`; nothing else lives here.
 
 Exit codes: 0 success, 1 data error (bad input), 2 usage error (bad option or config). Errors are one line.
+
+Commands are imported on first use (`LazyGroup`, with the table in `sanitize_cli.commands`): `sanitize --help`
+imports no command module, and a command imports only what it needs, so no command that needs no CLIP model
+loads torch.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import inspect
 import json
 import logging
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import click
 
 from sanitize.errors import SanitizeError
+from sanitize_cli.commands import COMMANDS
 
 
-class SanitizeGroup(click.Group):
-    """A click group that turns library errors into one-line messages with the right exit code."""
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's commands by name. A name of `table` (name -> ("module:attribute", first paragraph of its help))
+    is imported on first access, and that paragraph is put before the command's own help (its docstring)."""
+
+    def __init__(self, table: Mapping[str, tuple[str, str]], loaded: Mapping[str, click.Command]) -> None:
+        self.table = dict(table)
+        self.loaded = dict(loaded)
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self.loaded:
+            target, first = self.table[name]
+            module, _, attribute = target.partition(":")
+            command = copy.copy(getattr(importlib.import_module(module), attribute))  # a copy: its help changes
+            command.help = "\n\n".join([first, *([inspect.cleandoc(command.help)] if command.help else [])])
+            self.loaded[name] = command
+        return self.loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self.loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self.table.pop(name, None)
+        self.loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self.table, **self.loaded})
+
+    def __len__(self) -> int:
+        return len({**self.table, **self.loaded})
+
+    def stand_in(self, name: str) -> click.Command:
+        """The command if it is imported, else a stand-in with its help line (to list it without importing it)."""
+        if name in self.loaded:
+            return self.loaded[name]
+        return click.Command(name, help=self.table[name][1])
+
+
+class LazyGroup(click.Group):
+    """A click group whose commands (`lazy`: name -> ("module:attribute", first paragraph of its help)) are imported
+    when one runs or shows its help; the group's own --help lists them without importing any. `group.commands`
+    still maps every name to its command (`LazyCommands`), so code that looks a command up works unchanged."""
+
+    def __init__(self, *args: Any, lazy: Mapping[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands(lazy or {}, self.commands)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, with each help line from the table for commands not imported yet."""
+        rows = [(name, self.commands.stand_in(name)) for name in self.list_commands(ctx)]
+        rows = [(name, command) for name, command in rows if not command.hidden]
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
+
+
+class SanitizeGroup(LazyGroup):
+    """The `sanitize` group: lazy commands, and library errors as one-line messages with the right exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -26,7 +93,7 @@ class SanitizeGroup(click.Group):
             sys.exit(e.exit_code)
 
 
-@click.group(cls=SanitizeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SanitizeGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sanitize-data")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:
@@ -46,6 +113,4 @@ def emit(summary: dict, as_json: bool, lines: list[str]) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from sanitize_cli import commands  # noqa: F401  (registers the commands on `cli`)
-
     cli(prog_name="sanitize")

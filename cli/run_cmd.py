@@ -7,18 +7,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from sanitize.errors import ConfigError
 from sanitize.io.atomic import write_text
 from sanitize.pipeline.config import STAGES, RunConfig, load_config, starter_config, to_toml
 from sanitize.pipeline.options import click_options
 from sanitize.pipeline.runner import format_table, open_input, plan_pipeline, run_pipeline
-from sanitize_cli.main import cli, emit
+from sanitize_cli.main import emit
 from sanitize_cli.options import json_option
 
 
-@cli.command("run")
+@click.command("run")
 @click.argument("manifest")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML config (`sanitize init` writes one); without it every option has its default.")
@@ -30,7 +29,8 @@ from sanitize_cli.options import json_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and plan, run nothing.")
 @json_option
 def run_(manifest, config_path, out, overrides, skip, engine, ray_address, resume, dry_run, as_json):
-    """Run embed → classify → dedup → audit → export on MANIFEST into the run folder OUT (resumable)."""
+    from tqdm import tqdm  # imported to run, not for --help
+
     extra = list(overrides)
     if engine:
         extra.append(f"run.engine={json.dumps(engine)}")
@@ -60,11 +60,10 @@ def run_(manifest, config_path, out, overrides, skip, engine, ray_address, resum
     emit(summary, as_json, format_table(summary))
 
 
-@cli.command("init")
+@click.command("init")
 @click.argument("path", default="sanitize.toml", type=click.Path(dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path, force):
-    """Write a commented starter config to PATH (default: sanitize.toml)."""
     if Path(path).exists() and not force:
         raise ConfigError(f"{path}: exists; pass --force to overwrite it")
     write_text(path, starter_config())

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from sanitize_cli import commands  # noqa: F401  (registers the commands)
-from sanitize_cli.main import cli
+from sanitize_cli.commands import COMMANDS, LABEL_COMMANDS
+from sanitize_cli.main import LazyGroup, cli
 
 
 @pytest.fixture
@@ -28,6 +28,23 @@ def test_every_listed_command_has_help(runner):
         if hasattr(command, "commands"):
             for child in command.commands:
                 assert runner.invoke(cli, [name, child, "--help"]).exit_code == 0, (name, child)
+
+
+def test_help_line_is_written_once():
+    """A command's first help paragraph comes from cli/commands.py; its docstring holds only the rest."""
+    for group, table in ((cli, COMMANDS), (cli.commands["label"], LABEL_COMMANDS)):
+        assert set(group.commands) == set(table)
+        for name, (_, first) in table.items():
+            paragraphs = [" ".join(p.split()) for p in group.commands[name].help.split("\n\n")]
+            assert paragraphs[0] == first and first not in paragraphs[1:], name
+
+
+def test_command_list_is_the_same_before_and_after_the_commands_load(runner):
+    group = LazyGroup("sanitize", lazy=COMMANDS)
+    before = runner.invoke(group, ["--help"]).output
+    assert not group.commands.loaded
+    dict(group.commands)  # imports every command
+    assert runner.invoke(group, ["--help"]).output == before
 
 
 def test_data_error_is_one_line_with_exit_1(runner, tmp_path):

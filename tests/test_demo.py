@@ -7,7 +7,6 @@ import json
 from click.testing import CliRunner
 
 from sanitize.pipeline.config import load_config
-from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
 

@@ -25,7 +25,6 @@ from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.embed import EmbedConfig, EmbedStage
 from sanitize.safety.classifier import from_layers, save_classifier
 from sanitize.safety.labels import LabelStore
-from sanitize_cli import classify_cmd, label_cmds  # noqa: F401  (registers the commands)
 from sanitize_cli.main import cli
 
 SPEC = """

@@ -25,14 +25,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sanitize.clip.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS
 from sanitize.clip.models import ClipModel
 from sanitize.errors import ConfigError
 from sanitize.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, TarIndex, decode_image, read_local
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE = 64  # images per forward pass
-DEFAULT_DECODE_WORKERS = 2  # image-decoding processes per model
 
 OK = "ok"
 MISSING = "missing"

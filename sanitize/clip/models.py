@@ -25,12 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sanitize.clip.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 # Architectures shipped as data (e.g. `sanitize-demo-clip`, the demo's small model), registered with open_clip.
 PACKAGED_CONFIGS = Path(__file__).parent.parent / "resources" / "models"
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -14,6 +14,7 @@ import numpy as np
 
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
+from sanitize.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,17 @@ def confirm_pairs(
     return a[keep], b[keep], cos[keep]
 
 
+# a · n + b must fit in an int64 for every a, b < n.
+MAX_KEYED_ROWS = int(np.sqrt(np.iinfo(np.int64).max))
+
+
 def pair_keys(a: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
-    """One int64 per unordered pair (a < b): a · n_rows + b. Valid for n_rows < 3·10⁹."""
+    """One int64 per unordered pair (a < b): a · n_rows + b.
+
+    Raises ConfigError when `n_rows` exceeds `MAX_KEYED_ROWS` (about 3.04·10⁹), where the key would overflow:
+    deduplicate such a corpus in parts (the in-memory dedup holds every row anyway).
+    """
+    if n_rows > MAX_KEYED_ROWS:
+        raise ConfigError(f"{n_rows:,} rows: more than the {MAX_KEYED_ROWS:,} that one int64 pair key can index; "
+                          "deduplicate the corpus in parts")
     return np.asarray(a, dtype=np.int64) * n_rows + np.asarray(b, dtype=np.int64)

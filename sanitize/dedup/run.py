@@ -32,6 +32,7 @@ from sanitize.dedup.clustering import (
     fit_projection,
     train_centroids,
 )
+from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
 from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, within_cluster_candidates
@@ -41,10 +42,6 @@ from sanitize.dedup.vectors import UnitRows, checked_unit_rows, pair_cosines
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 0.95  # cosine at or above which two rows are near-duplicates
-DEFAULT_CLUSTERINGS = 5  # k-means clusterings whose candidate pairs are united
-DEFAULT_RECALL_SAMPLE = 1000  # rows searched exhaustively for the recall estimate (0: none)
 
 EXACT = -1  # `clustering` value of pairs found by the exact path
 _CLUSTERING_STREAM, _RECALL_STREAM, _PROJECTION_STREAM = 0, 1, 2

@@ -40,7 +40,8 @@ class RayEngine(Engine):
     """Run stages on Ray.
 
     `address`: None starts a local Ray with `num_cpus` CPUs (or reuses the one this process already
-    initialised); "auto" or "ray://HOST:PORT" connects to a running cluster. `actors`: actors per shard
+    initialised); "auto" (the cluster this machine belongs to), "HOST:PORT" (a head node's GCS address) or
+    "ray://HOST:PORT" (Ray Client, from outside the cluster) connects to a running cluster. `actors`: actors per shard
     stage (default: one per GPU for GPU work when the cluster has GPUs, else one per CPU, at most one
     per shard). `close()` shuts down only a Ray this engine started or connected to.
     """
@@ -49,8 +50,8 @@ class RayEngine(Engine):
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
                  actors: int | None = None) -> None:
-        if address is not None and address != "auto" and not address.startswith("ray://"):
-            raise ConfigError(f"--ray-address must be 'auto' or 'ray://HOST:PORT', got {address!r}")
+        if address is not None:
+            check_address(address)
         if num_cpus is not None and num_cpus < 1:
             raise ConfigError(f"num_cpus must be >= 1, got {num_cpus}")
         if actors is not None and actors < 1:
@@ -64,7 +65,10 @@ class RayEngine(Engine):
                 ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                          runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:
-                ray.init(address=address, logging_level=logging.WARNING)
+                try:
+                    ray.init(address=address, logging_level=logging.WARNING)
+                except ConnectionError as exc:
+                    raise ConfigError(f"--ray-address {address}: no Ray cluster answered ({exc})") from None
         self._shared: OrderedDict[int, tuple[Any, ray.ObjectRef]] = OrderedDict()
         self._chunk = ray.remote(num_cpus=1)(_run_chunk)
         resources = ray.cluster_resources()
@@ -144,6 +148,23 @@ class RayEngine(Engine):
 
     def __repr__(self) -> str:
         return f"RayEngine(actors={self.actors})"
+
+
+def check_address(address: str) -> None:
+    """Raise ConfigError unless `address` is "auto", "HOST:PORT" or "ray://HOST:PORT" (and, for the last, unless
+    Ray Client's dependencies are installed)."""
+    if address == "auto":
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme not in ("", "ray") or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ray-address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT', got {address!r}")
+    if scheme == "ray":
+        try:
+            import grpc  # noqa: F401  (Ray Client talks gRPC)
+        except ImportError:
+            raise ConfigError("--ray-address ray://…: Ray Client needs pip install 'sanitize-data[ray]' "
+                              "(ray[client])") from None
 
 
 class _ShardActor:

@@ -21,11 +21,14 @@ import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sanitize.errors import DataError
+
+if TYPE_CHECKING:  # Pillow loads when an image is decoded, not when DEFAULT_MAX_PIXELS is read (a config default)
+    from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     0..255; float grey (F) is read as 0..1 when its maximum is at most 1, else clipped to 0..255. Multi-frame
     files give their first frame. Raises ImageDecodeError; never anything else for bad bytes.
     """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     if not data:
         raise ImageDecodeError("empty", "zero-byte file")
     try:
@@ -95,6 +100,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert a decoded image of any Pillow mode to RGB (see `decode_image` for the rules)."""
+    from PIL import Image
+
     if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
         # A palette or colour key may mark one colour transparent: expand it to an alpha channel first.
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

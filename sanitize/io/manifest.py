@@ -26,9 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sanitize.errors import ConfigError, DataError
@@ -192,6 +190,8 @@ class Manifest:
 
         Memory: 8 bytes per row (a 64-bit hash of each uid), then one more pass only when duplicates exist.
         """
+        import polars as pl  # here, not at the top: reading a config or --help must not pay for it
+
         hashes = []
         for shard in self.shards():
             hashes.append(pl.Series(shard.table.column("uid").to_numpy(zero_copy_only=False)).hash(seed=0)
@@ -342,6 +342,8 @@ def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int
         uid = pa.array(url_caption_uids(where, caption.to_pylist()), pa.string())
     if columns.success_col and columns.success_col in names:
         # A row the tool failed to download has no image anywhere: null its key and url (after the uid is made).
+        import pyarrow.compute as pc
+
         ok = pc.fill_null(pc.equal(raw.column(columns.success_col).cast(pa.string()), columns.success_value), False)
         key = pc.if_else(ok, key, pa.scalar(None, pa.string()))
         url = pc.if_else(ok, url, pa.scalar(None, pa.string()))

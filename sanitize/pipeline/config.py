@@ -49,8 +49,8 @@ class RunConfig:
                                    choices=STAGES)
     engine: str = option("local", "Where the work runs: this process, or Ray (pip install '.[ray]').",
                          choices=ENGINES)
-    ray_address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); unset: local Ray.",
-                                     example="auto")
+    ray_address: str | None = option(None, "Ray cluster to join ('auto', 'HOST:PORT', 'ray://HOST:10001'); unset: "
+                                     "a local Ray.", example="auto")
     ray_num_cpus: int | None = option(None, "CPUs of the local Ray started for you (unset: all).", example=4, low=1)
     seed: int = option(0, "Seed of every random choice (k-means, samples).")
 

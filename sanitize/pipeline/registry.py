@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sanitize.errors import ConfigError
 from sanitize.pipeline.stage import Stage
+from sanitize.pipeline.stages.align import AlignStage
 from sanitize.pipeline.stages.audit import AuditStage
 from sanitize.pipeline.stages.caption_length import CaptionLengthStage
 from sanitize.pipeline.stages.classify import ClassifyStage
@@ -19,6 +20,7 @@ from sanitize.pipeline.stages.export import ExportStage
 STAGES: tuple[type[Stage], ...] = (
     EmbedStage,
     CaptionLengthStage,
+    AlignStage,
     ClassifyStage,
     DedupStage,
     AuditStage,

@@ -46,3 +46,14 @@ def test_no_pairs_gives_empty_int64_arrays():
     x = np.eye(5, dtype=np.float32)
     a, b = within_cluster_candidates(x, np.zeros(5, dtype=np.int32), 0.5)
     assert a.dtype == np.int64 and len(a) == 0 and len(b) == 0
+
+
+def test_pair_keys_refuse_a_row_count_they_cannot_index():
+    from sanitize.dedup.pairs import MAX_KEYED_ROWS, pair_keys
+    from sanitize.errors import ConfigError
+
+    last = MAX_KEYED_ROWS - 1
+    key = pair_keys(np.array([last - 1]), np.array([last]), MAX_KEYED_ROWS)
+    assert key[0] == (last - 1) * MAX_KEYED_ROWS + last and key[0] > 0  # the largest key still fits
+    with pytest.raises(ConfigError, match="more than the .* that one int64 pair key can index"):
+        pair_keys(np.array([0]), np.array([1]), MAX_KEYED_ROWS + 1)

@@ -203,8 +203,9 @@ def test_map_shards_raises_our_errors_as_they_are(engine):
 
 
 def test_bad_ray_options():
-    with pytest.raises(ConfigError, match="--ray-address must be 'auto' or 'ray://HOST:PORT'"):
-        get_engine("ray", address="localhost:6379")
+    for bad in ("localhost", "localhost:port", ":6379", "http://localhost:6379", "ray://localhost:99999"):
+        with pytest.raises(ConfigError, match="--ray-address must be 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"):
+            get_engine("ray", address=bad)
     with pytest.raises(ConfigError, match="num_cpus must be >= 1"):
         get_engine("ray", num_cpus=0)
 

@@ -59,7 +59,8 @@ def test_export_keeps_input_columns_and_lists_reasons(tmp_path, manifest):
     run.write_shard("sexual", 0, stage_table(["a", "b", "c"], [True, False, True], [None, "sexual:0.9>=0.5", None]))
     run.write_shard("sexual", 1, stage_table(["d", "e"], [True, True], [None, None]))
     run.begin_stage("dedup", {})
-    run.write_shard("dedup", 0, stage_table(["b", "e"], [False, False], ["duplicate_of:a", "duplicate_of:d"]))
+    run.write_shard("dedup", 0, stage_table(["b"], [False], ["duplicate_of:a"]))
+    run.write_shard("dedup", 1, stage_table(["e"], [False], ["duplicate_of:d"]))
     summary = run_stage(ExportStage(), run).to_dict()
     assert (summary["rows_in"], summary["kept"], summary["dropped"]) == (5, 3, {"removed by a stage": 2})
     assert summary["out"] == str(run.path / "export")
@@ -70,6 +71,11 @@ def test_export_keeps_input_columns_and_lists_reasons(tmp_path, manifest):
     first = (run.path / "export" / "kept" / "00001.parquet").read_bytes()
     run_stage(ExportStage(), run)  # rerun: identical output
     assert (run.path / "export" / "kept" / "00001.parquet").read_bytes() == first
+    # A stage shard must hold rows of the same input shard: a misaligned one is an error, not a silent keep.
+    run.write_shard("dedup", 1, stage_table(["a"], [False], ["duplicate_of:c"]))
+    (run.path / "export" / "_done" / "00001").unlink()
+    with pytest.raises(DataError, match="shard 00001 removes uids that input shard 00001 does not hold"):
+        run_stage(ExportStage(), run)
 
 
 def test_stats_are_merged_per_stage(tmp_path, manifest):

@@ -33,7 +33,6 @@ def test_stage_command_options_are_the_config_fields_with_the_same_defaults():
     from sanitize.pipeline.config import InputConfig
     from sanitize.pipeline.options import options_of
     from sanitize.pipeline.registry import stage_class
-    from sanitize_cli import commands  # noqa: F401
     from sanitize_cli.main import cli
 
     def check(command, section, cls):
@@ -55,7 +54,6 @@ def test_stage_command_options_are_the_config_fields_with_the_same_defaults():
 def test_a_bad_cli_value_is_checked_like_a_toml_value():
     from click.testing import CliRunner
 
-    from sanitize_cli import commands  # noqa: F401
     from sanitize_cli.main import cli
 
     result = CliRunner().invoke(cli, ["audit", ".", "--target", "young=most"])

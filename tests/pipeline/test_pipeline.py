@@ -7,7 +7,6 @@ import json
 import polars as pl
 from click.testing import CliRunner
 
-from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
 from .conftest import data_files

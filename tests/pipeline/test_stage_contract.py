@@ -16,7 +16,6 @@ from sanitize.pipeline.config import load_config, starter_config
 from sanitize.pipeline.registry import stage_classes, stage_names
 from sanitize.pipeline.stage import ShardStats
 from sanitize.pipeline.stages.caption_length import CaptionLengthConfig, caption_decisions
-from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
 
@@ -75,3 +74,19 @@ def test_caption_length_is_opt_in_and_its_options_are_checked():
     assert "caption_length" not in load_config(None).run.stages
     with pytest.raises(Exception, match="caption_length.min_words must be at least 0"):
         load_config(None, ["caption_length.min_words=-1"])
+
+
+def test_align_by_fraction_in_the_pipeline(world, tmp_path):
+    run = world.embedded_copy(tmp_path / "run")
+    stages = '["embed", "align", "dedup", "audit", "export"]'
+    args = world.args(run, "--resume", "--set", f"run.stages={stages}", "--set", 'align.by="fraction"',
+                      "--set", "align.fraction=0.5", "--json")
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    rows = {r["stage"]: r for r in json.loads(result.stdout)["stages"]}
+    embedded = rows["embed"]["kept"]
+    assert rows["align"]["rows_in"] == embedded and rows["align"]["kept"] >= -(-embedded // 2)
+    removed = pl.read_parquet(run / "export" / "removed.parquet")
+    assert removed.filter(pl.col("stages").list.contains("align")).height == rows["align"]["dropped"]["misaligned"]
+    report = json.loads((run / "audit" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["align", "dedup"]

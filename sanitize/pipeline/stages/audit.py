@@ -17,32 +17,10 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 
-from sanitize.audit import (
-    AttributeInfo,
-    AttributeSpec,
-    AuditOptions,
-    CountTable,
-    Lexicon,
-    builtin_attribute_specs,
-    builtin_lexicons,
-    class_embeddings,
-    column_attribute,
-    column_info,
-    count_shard,
-    lexicon_attribute,
-    lexicon_info,
-    load_attribute_spec,
-    load_lexicon,
-    run_audit,
-    spec_info,
-    zero_shot_attribute,
-)
-from sanitize.audit.specs import UNKNOWN
 from sanitize.engines import Engine
 from sanitize.errors import ConfigError
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
@@ -50,6 +28,11 @@ from sanitize.io.manifest import Manifest, read_parquet
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import Stage, StageContext, StageResult
+
+if TYPE_CHECKING:  # sanitize.audit (SciPy) and polars load when the stage runs, not when its config is read
+    import polars as pl
+
+    from sanitize.audit import AttributeInfo, AttributeSpec, AuditOptions, CountTable, Lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +98,16 @@ class AttributeSource:
 
 def resolve_attribute(token: str) -> AttributeSource:
     """Turn an attribute token into an AttributeSource. Raises ConfigError listing the choices when unknown."""
+    from sanitize.audit import (
+        builtin_attribute_specs,
+        builtin_lexicons,
+        column_info,
+        lexicon_info,
+        load_attribute_spec,
+        load_lexicon,
+        spec_info,
+    )
+
     kind, _, rest = token.partition(":")
     if rest and kind == "column":
         return AttributeSource("column", column_info(rest, source=f"column:{rest}"))
@@ -153,6 +146,8 @@ def audit_run(
     ``engine`` computes the per-shard count tables (`count_audit_shard`); they are merged and the statistics
     computed here, on the merged table only. Weights, when asked for, are applied here too.
     """
+    from sanitize.audit import AuditOptions, class_embeddings, run_audit
+
     sources = [resolve_attribute(a) for a in attributes]
     names = [s.info.name for s in sources]
     if len(set(names)) != len(names):
@@ -213,6 +208,10 @@ def audit_shard(run: RunFolder, manifest: Manifest, embeddings: EmbeddingSource 
     `embeddings` (the run's) is needed only for zero-shot attributes. Raises ConfigError when a column:NAME
     attribute is not in the shard.
     """
+    import polars as pl
+
+    from sanitize.audit import column_attribute, lexicon_attribute
+
     base = manifest.read_shard(index).table
     df = pl.DataFrame({"uid": base["uid"].to_pylist(), "caption": base["caption"].to_pylist()},
                       schema={"uid": pl.String, "caption": pl.String})
@@ -242,6 +241,8 @@ def count_audit_shard(run_path: str | os.PathLike, sources: Sequence[AttributeSo
     The per-shard part of the audit, the same for every engine (each call opens the run itself, so it can
     run in another process when the run folder is on storage that process can reach).
     """
+    from sanitize.audit import count_shard
+
     run = RunFolder.open(run_path)
     embeddings = open_embeddings(run.path) if class_emb else None
     table = audit_shard(run, run.manifest(), embeddings, sources, class_emb, stages, index)
@@ -251,6 +252,11 @@ def count_audit_shard(run_path: str | os.PathLike, sources: Sequence[AttributeSo
 def _zero_shot_labels(uids: pl.Series, embeddings, index: int, spec: AttributeSpec, class_emb: np.ndarray
                       ) -> pl.Series:
     """Zero-shot labels for the rows of one shard; rows without an embedding are unknown."""
+    import polars as pl
+
+    from sanitize.audit import zero_shot_attribute
+    from sanitize.audit.specs import UNKNOWN
+
     shard = embeddings.read_shard(index) if index < embeddings.n_shards else None
     if shard is None or len(shard) == 0:
         return pl.Series([UNKNOWN] * len(uids))
@@ -263,6 +269,8 @@ def _zero_shot_labels(uids: pl.Series, embeddings, index: int, spec: AttributeSp
 
 def _stage_keep(run: RunFolder, stage: str, index: int) -> pl.DataFrame:
     """uid → keep:<stage> for one shard of a stage (empty when the stage has no such shard)."""
+    import polars as pl
+
     column = f"keep:{stage}"
     path = run.shard_path(stage, index)
     if not run.is_done(stage, index):

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,16 +34,14 @@ from sanitize.errors import ConfigError, DataError
 from sanitize.io.atomic import write_json
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
 from sanitize.io.manifest import read_parquet
-from sanitize.io.run_rows import metadata_files
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
-from sanitize.safety.audit_sample import audit_labels
-from sanitize.safety.classifier import EmbeddingClassifier
-from sanitize.safety.estimates import estimate_removal_rate, precision_at
-from sanitize.safety.pool import member_mask
-from sanitize.safety.project import LabelProject
-from sanitize.safety.thresholds import ThresholdCertificate, certified_threshold
+
+if TYPE_CHECKING:  # scikit-learn and SciPy load when the stage runs, not when its config is read
+    from sanitize.safety.classifier import EmbeddingClassifier
+    from sanitize.safety.project import LabelProject
+    from sanitize.safety.thresholds import ThresholdCertificate
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +73,8 @@ class ClassifyStage(Stage):
         """Certify and filter the categories over the run; see `classify_run`."""
         if not self.config.project:
             raise ConfigError("classify needs a labeling project (--project / classify.project)")
+        from sanitize.safety.project import LabelProject
+
         started = time.perf_counter()
         project = LabelProject.open(self.config.project)
         details = classify_run(context.run, project, self.config.categories or None, context=context)
@@ -120,6 +120,9 @@ def gather_embeddings(run: RunFolder, uids: Sequence[str]) -> np.ndarray:
 
     Raises DataError listing uids the run has no embedding for.
     """
+    from sanitize.io.run_rows import metadata_files
+    from sanitize.safety.pool import member_mask
+
     wanted = np.asarray(list(uids), dtype=str)
     position = {u: i for i, u in enumerate(wanted.tolist())}
     out: np.ndarray | None = None
@@ -158,6 +161,10 @@ def certify_category(project: LabelProject, run: RunFolder, name: str) -> Catego
     Raises ConfigError for an unknown category or one without a classifier; DataError when there are no
     random-audit labels, an audit uid has no embedding, or a score is NaN.
     """
+    from sanitize.safety.audit_sample import audit_labels
+    from sanitize.safety.estimates import estimate_removal_rate, precision_at
+    from sanitize.safety.thresholds import certified_threshold
+
     spec = project.category(name)
     clf = project.require_classifier(name)
     sha = project.classifier_sha256(name)
@@ -305,6 +312,8 @@ class ClassifyShardWorker:
 
     def setup(self) -> None:
         if self.filters is None:
+            from sanitize.safety.project import LabelProject
+
             project = LabelProject.open(self.project_path)
             self.filters = []
             for name, sha, cert, report in self._certified:

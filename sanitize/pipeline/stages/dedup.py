@@ -17,15 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sanitize.dedup import DEFAULT_CLUSTERINGS, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD, find_duplicates
+from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
@@ -34,6 +32,9 @@ from sanitize.io.manifest import read_parquet
 from sanitize.io.runfolder import RunFolder, peak_memory_mb
 from sanitize.pipeline.options import option, section_dict
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
+
+if TYPE_CHECKING:  # FAISS, SciPy, polars and pyarrow.compute load when the stage runs, not when its config is read
+    import polars as pl
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def deduplicate(embeddings: EmbeddingSource, config: DedupConfig, *, seed: int,
                 ) -> tuple[dict[str, Any], pa.Table, pa.Table, list[int]]:
     """Load every embedding, run `find_duplicates` with `config`, and return (details, decision table, pair table,
     shard sizes). `side(uids, columns)` gives the keep_by / hash columns aligned with the uids."""
+    from sanitize.dedup import find_duplicates
+
     uids, x, shard_sizes = _load(embeddings)
     if len(set(uids.tolist())) != len(uids):
         raise DataError(f"{where}: uids are not unique; deduplication needs one uid per row")
@@ -154,12 +157,16 @@ def lasting_details(details: dict[str, Any]) -> dict[str, Any]:
 
 def shard_counts(decisions: pa.Table) -> ShardStats:
     """Rows, kept and duplicates of a decision table."""
+    import pyarrow.compute as pc
+
     kept = int(pc.sum(decisions["keep"]).as_py() or 0)
     return ShardStats(rows_in=decisions.num_rows, kept=kept, dropped={"duplicate": decisions.num_rows - kept})
 
 
 def decision_table(uids: np.ndarray, rows: pa.Table) -> pa.Table:
     """Row-aligned decisions with uids: uid, keep, reason, group_id, duplicate_of (uid), cosine_to_kept."""
+    import pyarrow.compute as pc
+
     uid_arr = pa.array(uids.tolist(), pa.string())
     dup_index = rows["duplicate_of"].combine_chunks()
     dup_uid = pc.take(uid_arr, dup_index)
@@ -173,6 +180,8 @@ def decision_table(uids: np.ndarray, rows: pa.Table) -> pa.Table:
 
 def pair_table(uids: np.ndarray, pairs: pa.Table) -> pa.Table:
     """pairs.parquet: uid_a, uid_b, cosine, clustering (first clustering that found it; -1 = exact path)."""
+    import pyarrow.compute as pc
+
     uid_arr = pa.array(uids.tolist(), pa.string())
     return pa.table({"uid_a": pc.take(uid_arr, pairs["a"]), "uid_b": pc.take(uid_arr, pairs["b"]),
                      "cosine": pairs["cosine"], "clustering": pairs["clustering"]})
@@ -197,6 +206,8 @@ def _run_columns(run: RunFolder) -> Callable[[np.ndarray, list[str]], dict[str, 
     """Side columns from the run's input manifest."""
 
     def columns(uids: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
+        import polars as pl
+
         if not wanted:
             return {}
         manifest = run.manifest()
@@ -215,6 +226,8 @@ def _source_columns(embeddings: EmbeddingSource) -> Callable[[np.ndarray, list[s
     """Side columns from where a non-run source keeps its rows' other fields (parquet, clip-retrieval metadata)."""
 
     def columns(uids: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
+        import polars as pl
+
         if not wanted:
             return {}
         frames = []
@@ -241,6 +254,8 @@ def _source_columns(embeddings: EmbeddingSource) -> Callable[[np.ndarray, list[s
 
 
 def _aligned(uids: np.ndarray, frame: pl.DataFrame, wanted: list[str]) -> dict[str, np.ndarray]:
+    import polars as pl
+
     aligned = pl.DataFrame({"uid": uids.tolist()}, schema={"uid": pl.String}).join(
         frame, on="uid", how="left", maintain_order="left")
     return {c: aligned[c].to_numpy() for c in wanted if c in aligned.columns}

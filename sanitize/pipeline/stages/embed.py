@@ -14,19 +14,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.clip.embed import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, OK, embed_shard
-from sanitize.clip.models import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipModel
+from sanitize.clip.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, DEFAULT_MODEL, DEFAULT_PRETRAINED
 from sanitize.io.embeddings import write_embedding_shard
 from sanitize.io.images import DEFAULT_MAX_PIXELS
 from sanitize.io.manifest import Manifest
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
+
+if TYPE_CHECKING:  # torch and open_clip load when a model is built or used, not when the config is read
+    from sanitize.clip.models import ClipModel
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +117,8 @@ def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipM
 
     The one function both engines call per shard. Returns the shard's number of rows.
     """
+    from sanitize.clip.embed import OK, embed_shard
+
     shard = manifest.read_shard(index)
     result = embed_shard(shard.table, model, image_root=manifest.image_root, tar_path=shard.tar_path,
                          batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,

@@ -19,10 +19,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+import pyarrow as pa
 
+from sanitize.errors import DataError
 from sanitize.io import atomic
+from sanitize.io.manifest import read_parquet
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import (
@@ -33,6 +36,9 @@ from sanitize.pipeline.stage import (
     StageResult,
     stored_counts,
 )
+
+if TYPE_CHECKING:  # polars and pyarrow.compute load when the stage runs, not when its config is read
+    import polars as pl
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +71,8 @@ class ExportStage(Stage):
                         clear=(out / "_done",))
         atomic.write_parquet(out / "removed.parquet", removed.to_arrow())
         todo = [i for i in range(len(run.manifest().files)) if not run.is_done(STAGE, i)]
-        context.engine.map_shards(ExportShardWorker(run.path, out, removed["uid"].to_list()), todo)
+        sets = run.decision_sets("filter") + run.decision_sets("source")
+        context.engine.map_shards(ExportShardWorker(run.path, out, sets), todo)
         counts = stored_counts(run, STAGE)
         logger.info("export: %s", counts)
         return context.result(self, started, counts, details={"out": str(out)}, outputs={"kept_manifest": str(out)})
@@ -78,6 +85,8 @@ def export_folder(run: RunFolder, config: ExportConfig) -> Path:
 
 def removed_rows(run: RunFolder) -> pl.DataFrame:
     """Every uid some stage removed: columns uid, stages (list[str]), reasons (str), sorted by uid."""
+    import polars as pl
+
     frames = []
     for name in run.decision_sets("filter") + run.decision_sets("source"):
         for _, table in run.read_stage(name, columns=["uid", "keep", "reason"]):
@@ -94,19 +103,40 @@ def removed_rows(run: RunFolder) -> pl.DataFrame:
 
 
 class ExportShardWorker(ManifestShardWorker):
-    """The export stage's `ShardWorker`: writes one input shard's kept rows, then its marker with the counts."""
+    """The export stage's `ShardWorker`: writes one input shard's kept rows, then its marker with the counts.
 
-    def __init__(self, run_path: str | os.PathLike, out: str | os.PathLike, removed: list[str]) -> None:
+    A row is removed when one of `decision_sets` removed it in the same shard (every stage's shard `index` holds
+    rows of input shard `index` only), so a shard is decided from its own decision files: work and memory per
+    shard do not grow with the corpus.
+    """
+
+    def __init__(self, run_path: str | os.PathLike, out: str | os.PathLike, decision_sets: list[str]) -> None:
         super().__init__(run_path)
         self.out = Path(out)
-        self.removed = removed
+        self.decision_sets = decision_sets
+
+    def removed_in_shard(self, index: int) -> pa.Array:
+        """The uids of shard `index` that some decision set removed (may repeat)."""
+        import pyarrow.compute as pc
+
+        parts = [pa.array([], pa.string())]
+        for name in self.decision_sets:
+            if self.run.is_done(name, index):
+                table = read_parquet(self.run.shard_path(name, index), columns=["uid", "keep"])
+                parts.append(table.filter(pc.invert(table["keep"]))["uid"].combine_chunks().cast(pa.string()))
+        return pa.concat_arrays(parts)
 
     def __call__(self, index: int) -> int:
+        import pyarrow.compute as pc
+
         self.setup()
         shard = self.manifest.read_shard(index)
-        uids = pl.Series(shard.table.column("uid").to_pylist(), dtype=pl.String)
-        keep_mask = ~uids.is_in(pl.Series(self.removed, dtype=pl.String).implode())
-        kept = self.manifest.read_raw_shard(index).filter(keep_mask.to_arrow())
+        removed_uids = pc.unique(self.removed_in_shard(index))
+        removed = pc.fill_null(pc.is_in(shard.table["uid"], value_set=removed_uids), False)  # a hash set per shard
+        if (pc.sum(removed).as_py() or 0) != len(removed_uids):
+            raise DataError(f"{self.run.path}: a stage's shard {index:05d} removes uids that input shard {index:05d} "
+                            "does not hold; the stage's shards are not aligned with the input's")
+        kept = self.manifest.read_raw_shard(index).filter(pc.invert(removed))
         atomic.write_parquet(self.out / "kept" / f"{shard.name}.parquet", kept)
         rows = shard.table.num_rows
         counts = ShardStats(rows_in=rows, kept=kept.num_rows, dropped={REMOVED: rows - kept.num_rows})

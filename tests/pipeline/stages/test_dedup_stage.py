@@ -15,7 +15,6 @@ from sanitize.io.manifest import open_manifest
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.stage import run_stage
 from sanitize.pipeline.stages.dedup import DedupConfig, DedupStage, dedup_folder
-from sanitize_cli import commands  # noqa: F401
 from sanitize_cli.main import cli
 
 
