@@ -6,11 +6,7 @@ from __future__ import annotations
 import click
 
 from sanitize.io.runfolder import RunFolder
-from sanitize.pipeline.stages.embed import load_run_model
-from sanitize.safety.audit_sample import STRATEGIES as AUDIT_STRATEGIES
-from sanitize.safety.project import LabelProject
-from sanitize.safety.strategies import COLD_START, STRATEGIES
-from sanitize.safety.workflow import draw_audit_batch, propose_next_batch
+from sanitize.safety.names import AUDIT_STRATEGIES, COLD_START, STRATEGIES
 from sanitize_cli.label_cmds import project_option, run_option
 from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, seed_option
@@ -27,6 +23,10 @@ from sanitize_cli.options import json_option, seed_option
 @click.option("--device", default=None, help="Device for the CLIP text tower (cold start only).")
 @json_option
 def next_(category, project, run, n, strategy, seed, device, as_json):
+    from sanitize.pipeline.stages.embed import load_run_model
+    from sanitize.safety.project import LabelProject
+    from sanitize.safety.workflow import propose_next_batch
+
     folder = RunFolder.open(run)
     model = {}
 
@@ -57,6 +57,9 @@ def next_(category, project, run, n, strategy, seed, device, as_json):
 @seed_option
 @json_option
 def audit_sample(category, project, run, n, strategy, n_strata, seed, as_json):
+    from sanitize.safety.project import LabelProject
+    from sanitize.safety.workflow import draw_audit_batch
+
     result = draw_audit_batch(LabelProject.open(project), RunFolder.open(run), category, n, strategy=strategy,
                               n_strata=n_strata, seed=seed)
     emit(result.to_dict(), as_json, [

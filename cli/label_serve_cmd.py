@@ -11,8 +11,8 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.labelserver.app import LabelServer, is_loopback
 from sanitize.labelserver.session import LabelingSession
 from sanitize.pipeline.stages.embed import load_run_model
+from sanitize.safety.names import COLD_START, STRATEGIES
 from sanitize.safety.project import LabelProject
-from sanitize.safety.strategies import COLD_START, STRATEGIES
 from sanitize_cli.label_cmds import project_option, run_option
 from sanitize_cli.options import seed_option
 

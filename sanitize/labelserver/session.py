@@ -36,8 +36,8 @@ from sanitize.io.run_rows import metadata_rows, row_images
 from sanitize.io.runfolder import RunFolder
 from sanitize.safety.contact_sheet import thumbnail_jpeg
 from sanitize.safety.labels import Conflict, parse_label
+from sanitize.safety.names import COLD_START, STRATEGIES
 from sanitize.safety.project import LabelProject
-from sanitize.safety.strategies import COLD_START, STRATEGIES
 from sanitize.safety.workflow import category_status, current_classifier, propose_next_batch, run_pool
 
 logger = logging.getLogger(__name__)

@@ -36,11 +36,11 @@ from numpy.typing import ArrayLike
 
 from sanitize.errors import ConfigError, DataError
 from sanitize.safety.estimates import check_scores
+from sanitize.safety.names import AUDIT_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
 RANDOM_AUDIT = "random-audit"
-STRATEGIES = ("random", "stratified")
 AUDIT_SAMPLE_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
@@ -68,8 +68,8 @@ def draw_audit_sample(
     labellers do not see rows sorted by score. ``1 / inclusion_probability`` is the row's weight.
     Guaranteed: the same inputs and seed give the same table; inclusion probabilities are exact.
     """
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy not in AUDIT_STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(AUDIT_STRATEGIES)}, got {strategy!r}")
     s = check_scores(scores)
     u = np.asarray(uids)
     if u.shape != s.shape:

@@ -41,13 +41,11 @@ from sklearn.base import BaseEstimator
 
 from sanitize.errors import ConfigError, DataError
 from sanitize.safety.classifier import TRAINABLE_KINDS, EmbeddingClassifier
+from sanitize.safety.names import COLD_START, STRATEGIES
 from sanitize.safety.pool import Block, EmbeddingPool, member_mask
 
 logger = logging.getLogger(__name__)
 
-UNCERTAINTY_STRATEGIES = ("uncertainty", "margin", "entropy", "ranked_batch", "committee")
-STRATEGIES = (*UNCERTAINTY_STRATEGIES, "flagged", "missed_neighbours", "random")
-COLD_START = "prompts"
 
 
 @dataclass(frozen=True)
