@@ -8,7 +8,8 @@ Adding a command: a function in a module of cli/ (made with `click.command`) and
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("sanitize_cli.audit_cmd:audit",
-              "Audit what the run's filters did to who is represented; write RUN/audit/report.{html,md,json}."),
+              "Audit what filters did to who is represented (a run's stages, or filters run elsewhere on a "
+              "manifest); write report.{html,md,json}."),
     "classify": ("sanitize_cli.classify_cmd:classify",
                  "Certify a recall-favouring threshold per category from random-audit labels and filter every row "
                  "of RUN."),

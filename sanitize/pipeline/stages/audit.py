@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sanitize.engines import Engine
-from sanitize.errors import ConfigError
+from sanitize.errors import ConfigError, DataError
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
 from sanitize.io.manifest import Manifest, read_parquet
 from sanitize.io.runfolder import RunFolder
@@ -31,6 +31,7 @@ from sanitize.pipeline.stage import Stage, StageContext, StageResult
 
 if TYPE_CHECKING:  # sanitize.audit (SciPy) and polars load when the stage runs, not when its config is read
     import polars as pl
+    import pyarrow as pa
 
     from sanitize.audit import AttributeInfo, AttributeSpec, AuditOptions, CountTable, Lexicon
 
@@ -146,7 +147,7 @@ def audit_run(
     ``engine`` computes the per-shard count tables (`count_audit_shard`); they are merged and the statistics
     computed here, on the merged table only. Weights, when asked for, are applied here too.
     """
-    from sanitize.audit import AuditOptions, class_embeddings, run_audit
+    from sanitize.audit import class_embeddings, run_audit
 
     sources = [resolve_attribute(a) for a in attributes]
     names = [s.info.name for s in sources]
@@ -162,9 +163,7 @@ def audit_run(
     if not stages:
         raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
     if options is None:
-        occupation = next((s.info.name for s in sources if s.info.name == "occupation"), None)
-        gender = next((s.info.name for s in sources if "gender" in s.info.name), None)
-        options = AuditOptions(concepts=((occupation, gender),) if occupation and gender else ())
+        options = _default_options(sources)
 
     def shards() -> Iterator[pl.DataFrame]:
         yield from audit_tables(run, sources, class_emb, stages)
@@ -181,6 +180,15 @@ def audit_run(
     if result.plan is not None:
         details["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
     return details
+
+
+def _default_options(sources: Sequence[AttributeSource]) -> AuditOptions:
+    """Occupation × gender as the concept-conditional view when both attributes are audited."""
+    from sanitize.audit import AuditOptions
+
+    occupation = next((s.info.name for s in sources if s.info.name == "occupation"), None)
+    gender = next((s.info.name for s in sources if "gender" in s.info.name), None)
+    return AuditOptions(concepts=((occupation, gender),) if occupation and gender else ())
 
 
 def in_pipeline_order(run: RunFolder, names: Sequence[str]) -> list[str]:
@@ -208,6 +216,16 @@ def audit_shard(run: RunFolder, manifest: Manifest, embeddings: EmbeddingSource 
     `embeddings` (the run's) is needed only for zero-shot attributes. Raises ConfigError when a column:NAME
     attribute is not in the shard.
     """
+    df = attribute_table(manifest, embeddings, sources, class_emb, index)
+    for stage in stages:
+        df = df.join(_stage_keep(run, stage, index), on="uid", how="left")
+    return df
+
+
+def attribute_table(manifest: Manifest, embeddings: EmbeddingSource | None, sources: Sequence[AttributeSource],
+                    class_emb: dict[str, np.ndarray], index: int, raw: pa.Table | None = None) -> pl.DataFrame:
+    """Manifest shard `index` as uid, caption and one column per attribute (`raw`: the shard's own columns, when
+    the caller has read them already). Raises ConfigError when a column:NAME attribute is not in the shard."""
     import polars as pl
 
     from sanitize.audit import column_attribute, lexicon_attribute
@@ -215,8 +233,8 @@ def audit_shard(run: RunFolder, manifest: Manifest, embeddings: EmbeddingSource 
     base = manifest.read_shard(index).table
     df = pl.DataFrame({"uid": base["uid"].to_pylist(), "caption": base["caption"].to_pylist()},
                       schema={"uid": pl.String, "caption": pl.String})
-    columns = [s.info.name for s in sources if s.kind == "column"]
-    raw = manifest.read_raw_shard(index) if columns else None
+    if raw is None and any(s.kind == "column" for s in sources):
+        raw = manifest.read_raw_shard(index)
     for s in sources:
         if s.kind == "lexicon":
             labels = lexicon_attribute(df["caption"], s.spec)
@@ -228,9 +246,84 @@ def audit_shard(run: RunFolder, manifest: Manifest, embeddings: EmbeddingSource 
         else:
             labels = _zero_shot_labels(df["uid"], embeddings, index, s.spec, class_emb[s.info.name])
         df = df.with_columns(pl.Series(s.info.name, labels, dtype=pl.String))
-    for stage in stages:
-        df = df.join(_stage_keep(run, stage, index), on="uid", how="left")
     return df
+
+
+@dataclass(frozen=True)
+class ExternalFilter:
+    """A filter run elsewhere, audited as a stage: `name` (its label in the report) and `rule`, either a SQL
+    condition on the manifest's own columns that is true for kept rows (``punsafe < 0.1``; polars' SQL, never
+    Python eval) or, with `column`, a boolean column that is true for kept rows. A null result (a null or NaN
+    score) means the filter did not decide that row: it counts as not evaluated, like a row a stage never saw."""
+
+    name: str
+    rule: str
+    column: bool = False
+
+    def keep(self, raw: pl.DataFrame, where: str) -> pl.Series:
+        """The keep column of one shard (`raw`: the manifest shard's own columns). ConfigError for a condition
+        that does not parse, DataError for a missing or non-boolean column (naming `where`)."""
+        import polars as pl
+
+        if self.column:
+            if self.rule not in raw.columns:
+                raise DataError(f"{where}: --keep-col column {self.rule!r} not found")
+            if raw[self.rule].dtype != pl.Boolean:
+                raise DataError(f"{where}: --keep-col column {self.rule!r} is {raw[self.rule].dtype}, not boolean")
+            return raw[self.rule]
+        try:
+            kept = raw.select(pl.sql_expr(self.rule).alias("keep"))["keep"]
+        except pl.exceptions.ColumnNotFoundError as exc:
+            raise DataError(f"{where}: --filter {self.rule!r}: {str(exc).splitlines()[0]}") from None
+        except (pl.exceptions.SQLInterfaceError, pl.exceptions.SQLSyntaxError, pl.exceptions.InvalidOperationError,
+                pl.exceptions.ComputeError) as exc:
+            raise ConfigError(f"--filter {self.rule!r}: not a condition on the manifest's columns "
+                              f"({str(exc).splitlines()[0]})") from None
+        if kept.dtype != pl.Boolean:
+            raise ConfigError(f"--filter {self.rule!r} gives {kept.dtype} values, not true/false")
+        return kept
+
+
+def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter], out: str | os.PathLike, *,
+                   attributes: Sequence[str] = AuditConfig.attributes, weight_on: Sequence[str] | None = None,
+                   target: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Audit filters run outside this tool (LAION's punsafe cut, a vendor's score, a keyword list) on `manifest`:
+    each of `filters` is a stage, in the given order; the report, flags and weights are those of `audit_run`,
+    written to `out`. Zero-shot attributes need a run's embeddings, so only lexicon and column attributes apply.
+    Returns the details (stages, attributes, flags, paths, weights)."""
+    import polars as pl
+
+    from sanitize.audit import run_audit
+
+    if not filters:
+        raise ConfigError("nothing to audit: give --filter CONDITION or --keep-col COLUMN (or a run folder)")
+    names = [f.name for f in filters]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"filters repeat: {', '.join(names)}")
+    sources = [resolve_attribute(a) for a in attributes]
+    zero_shot = [s.info.name for s in sources if s.kind == "zero-shot"]
+    if zero_shot:
+        raise ConfigError(f"attribute {zero_shot[0]!r} is zero-shot and needs a run folder's embeddings; audit a "
+                          "manifest by lexicon or column attributes")
+
+    def shards() -> Iterator[pl.DataFrame]:
+        for index in range(len(manifest.files)):
+            raw = manifest.read_raw_shard(index)
+            table = attribute_table(manifest, None, sources, {}, index, raw=raw)
+            # A NaN score is a missing score: the filter did not decide that row (like a null).
+            frame = pl.from_arrow(raw).with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
+            where = str(manifest.files[index])
+            yield table.with_columns(*(f.keep(frame, where).alias(f"keep:{f.name}") for f in filters))
+
+    keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
+    result = run_audit(shards, [s.info for s in sources], out, stages=names, options=_default_options(sources),
+                       keywords=keywords, weight_on=list(weight_on) if weight_on else None, target=target,
+                       title=f"Filter audit of {manifest.spec.path}")
+    details = {"stages": names, "attributes": [s.info.name for s in sources],
+               "flags": len(result.report.get("flags", [])), "paths": {k: str(v) for k, v in result.paths.items()}}
+    if result.plan is not None:
+        details["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
+    return details
 
 
 def count_audit_shard(run_path: str | os.PathLike, sources: Sequence[AttributeSource],
