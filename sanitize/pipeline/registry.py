@@ -13,6 +13,7 @@ from sanitize.pipeline.stages.align import AlignStage
 from sanitize.pipeline.stages.audit import AuditStage
 from sanitize.pipeline.stages.caption_length import CaptionLengthStage
 from sanitize.pipeline.stages.classify import ClassifyStage
+from sanitize.pipeline.stages.decontaminate import DecontaminateStage
 from sanitize.pipeline.stages.dedup import DedupStage
 from sanitize.pipeline.stages.embed import EmbedStage
 from sanitize.pipeline.stages.export import ExportStage
@@ -22,6 +23,7 @@ STAGES: tuple[type[Stage], ...] = (
     CaptionLengthStage,
     AlignStage,
     ClassifyStage,
+    DecontaminateStage,
     DedupStage,
     AuditStage,
     ExportStage,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
+from sanitize.io.embeddings import open_embeddings, write_embedding_shard
 from sanitize.pipeline.registry import stage_names
 from sanitize_cli.main import cli
 
@@ -19,9 +21,18 @@ else:
     pytest.importorskip("ray")
 
 
+def evaluation_set(world, folder):
+    """A reference set: 20 of the sample's own embedded rows (so decontamination finds them)."""
+    shard = open_embeddings(world.embedded).read_shard(0)
+    write_embedding_shard(folder, 0, shard.img_emb[:20], None, pa.table({"uid": shard.uids[:20].tolist()}))
+    return folder
+
+
 def test_ray_engine_run_equals_local_run(world, tmp_path):
     # Every registered stage, the opt-in ones too (align by the top fraction: its exact cut is engine-free).
-    every = ["--set", f"run.stages={json.dumps(list(stage_names()))}", "--set", 'align.by="fraction"']
+    against = json.dumps([str(evaluation_set(world, tmp_path / "evalset"))])
+    every = ["--set", f"run.stages={json.dumps(list(stage_names()))}", "--set", 'align.by="fraction"',
+             "--set", f"decontaminate.against={against}"]
     local = world.embedded_copy(tmp_path / "local")
     result = CliRunner().invoke(cli, [str(a) for a in world.args(local, *every)])
     assert result.exit_code == 0, result.output
@@ -30,7 +41,8 @@ def test_ray_engine_run_equals_local_run(world, tmp_path):
                                                                  "--engine", "ray", "--json")])
     assert result.exit_code == 0, result.output
     assert '"engine": "ray"' in result.stdout
-    assert [r["stage"] for r in json.loads(result.stdout)["stages"]] == list(stage_names())
+    rows = {r["stage"]: r for r in json.loads(result.stdout)["stages"]}
+    assert list(rows) == list(stage_names()) and rows["decontaminate"]["dropped"]["contaminated"] >= 20
     local_files, ray_files = data_files(local), data_files(on_ray)
     assert set(local_files) == set(ray_files)
     assert [name for name in local_files if local_files[name] != ray_files[name]] == []
