@@ -1,6 +1,8 @@
 """`sanitize` — the click application. Commands parse options and call `sanitize.*`; nothing else lives here.
 
-Exit codes: 0 success, 1 data error (bad input), 2 usage error (bad option or config). Errors are one line.
+Exit codes: 0 success, 1 data error (bad input), 2 usage error (bad option or config). Errors are one line:
+`error: <message>` on stderr, also for an unexpected exception (a bug), unless `--debug` (or SANITIZE_DEBUG=1)
+asks for the traceback.
 
 Commands are imported on first use (`LazyGroup`, with the table in `sanitize_cli.commands`): `sanitize --help`
 imports no command module, and a command imports only what it needs, so no command that needs no CLIP model
@@ -83,20 +85,39 @@ class LazyGroup(click.Group):
 
 
 class SanitizeGroup(LazyGroup):
-    """The `sanitize` group: lazy commands, and library errors as one-line messages with the right exit code."""
+    """The `sanitize` group: lazy commands, and errors as one line on stderr with the right exit code.
+
+    A library error (`SanitizeError`) exits with its own code; any other exception is a bug and exits 1 with a hint
+    to rerun with --debug. With --debug both keep their traceback. click's own errors (usage, abort) pass through.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SanitizeError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(e, SanitizeError):
+                click.echo(f"error: {_one_line(str(e))}", err=True)
+                sys.exit(e.exit_code)
+            message = _one_line(f"{type(e).__name__}: {e}" if str(e).strip() else type(e).__name__)
+            click.echo(f"error: unexpected {message} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its lines joined by spaces, so that an error is always one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @click.group(cls=SanitizeGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sanitize-data")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def cli(verbose: int) -> None:
+@click.option("--debug", is_flag=True, envvar="SANITIZE_DEBUG",
+              help="Show the traceback of an error instead of one line (also: SANITIZE_DEBUG=1).")
+def cli(verbose: int, debug: bool) -> None:
     """Sanitize image-text pretraining data: embed, filter, deduplicate, audit, export."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -10,32 +10,37 @@ Layouts read:
 Layout written (clip-retrieval's, so embedding-reader, clip-retrieval and autofaiss read it unchanged): float16,
 L2-normalised rows, zero-padded shard numbers so that name order is numeric order, metadata with a ``uid`` column.
 
-Every shard is checked before use: same dimension as the first shard, as many npy rows as metadata rows, no
-NaN/inf, no zero rows. Rows whose norm is off 1 are renormalised with a warning, or refused with
-``require_normalized=True``.
+Every shard is checked before use: a readable 2-D float array, same dimension as the first shard, as many npy rows
+as metadata rows, uids present and unique within the shard, no NaN/inf, no zero rows, values within float32's
+range. Rows whose norm is off 1 are renormalised with a warning, or refused with ``require_normalized=True``.
+Every problem is a DataError naming the file (and the column or row).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from sanitize.errors import DataError
+from sanitize.errors import DataError, check_file, reading
 from sanitize.io import atomic
-from sanitize.io.manifest import PRESETS, canonical_table, list_shard_files, read_parquet
+from sanitize.io.manifest import PRESETS, canonical_table, list_shard_files, read_parquet, read_schema, uid_column
 
 logger = logging.getLogger(__name__)
 
 NORM_TOLERANCE = 1e-2  # float16 storage keeps norms within ~1e-3 of 1; more means the input was not normalised
-_CHUNK = 65536
+_CHUNK = 16384  # rows checked at a time: 16384 x 768 float64 values are 100 MB
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_ERRORS = (SyntaxError, tokenize.TokenError)  # what numpy's header parser lets through for a garbled header
 
 
 @dataclass
@@ -57,8 +62,9 @@ class EmbeddingSource:
     """Embedding shards from one of the supported layouts. Build with :func:`open_embeddings`."""
 
     def __init__(self, kind: str, parts: list[dict], *, require_normalized: bool = False,
-                 embedding_col: str | None = None, id_col: str | None = None):
+                 embedding_col: str | None = None, id_col: str | None = None, path: str = ""):
         self.kind = kind
+        self.path = path
         self._parts = parts
         self.require_normalized = require_normalized
         self.embedding_col = embedding_col
@@ -75,9 +81,15 @@ class EmbeddingSource:
         return [part["path"] for part in self._parts if "path" in part]
 
     def shards(self) -> Iterator[EmbeddingShard]:
-        """Yield validated shards in order. Raises DataError naming the file and row of the first problem."""
+        """Yield validated shards in order. Raises DataError naming the file and row of the first problem, and when
+        no shard has a row."""
+        rows = 0
         for index in range(len(self._parts)):
-            yield self.read_shard(index)
+            shard = self.read_shard(index)
+            rows += len(shard)
+            yield shard
+        if rows == 0:
+            raise DataError(f"{self.path}: no embeddings (every shard has 0 rows)")
 
     def read_shard(self, index: int) -> EmbeddingShard:
         part = self._parts[index]
@@ -115,38 +127,43 @@ def open_embeddings(path: str | os.PathLike, *, embedding_col: str | None = None
                     require_normalized: bool = False) -> EmbeddingSource:
     """Open embeddings at ``path`` (run folder, clip-retrieval folder, parquet file/glob/folder, or .npy)."""
     p = Path(path)
-    if p.is_dir() and (p / "run.json").exists() and (p / "embeddings").is_dir():
+    if p.is_dir() and (p / "run.json").exists():
+        if not (p / "embeddings" / "img_emb").is_dir():
+            raise DataError(f"{p}: a run folder without embeddings/img_emb/; run `sanitize embed` first")
         p = p / "embeddings"
     if p.is_dir() and (p / "img_emb").is_dir():
         parts = _clip_retrieval_parts(p)
-        return EmbeddingSource("clip-retrieval", parts, require_normalized=require_normalized)
+        return EmbeddingSource("clip-retrieval", parts, require_normalized=require_normalized, path=str(path))
     if p.suffix == ".npy":
-        if not p.is_file():
-            raise DataError(f"{p}: no such file")
-        return EmbeddingSource("npy", [{"img": p}], require_normalized=require_normalized)
+        check_file(p, ".npy file")
+        return EmbeddingSource("npy", [{"img": p}], require_normalized=require_normalized, path=str(path))
     files = list_shard_files(p)
     col = embedding_col or _guess_embedding_column(files[0])
     return EmbeddingSource("parquet", [{"path": f} for f in files], require_normalized=require_normalized,
-                           embedding_col=col, id_col=id_col)
+                           embedding_col=col, id_col=id_col, path=str(path))
 
 
 def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_normalized: bool = False
                        ) -> np.ndarray:
     """Return ``x`` if every row is finite, non-zero and unit-norm; renormalise (with a warning) rows that are not.
 
-    Raises DataError naming ``source``, the row and its uid for NaN/inf or zero rows, and for non-unit rows when
-    ``require_normalized``. Reads the array in chunks, so a memory-map stays mostly on disk.
+    Raises DataError naming ``source``, the row and its uid for NaN/inf rows, values beyond float32's range and zero
+    rows, and for non-unit rows when ``require_normalized``. Reads the array in chunks, so a memory-map stays mostly
+    on disk.
     """
-    if x.ndim != 2:
-        raise DataError(f"{source}: embeddings must be a 2-D array (rows × dim), got shape {x.shape}")
+    _check_shape_and_dtype(source, x.shape, x.dtype)
     off = 0
     for start in range(0, len(x), _CHUNK):
-        block = np.asarray(x[start:start + _CHUNK], dtype=np.float32)
+        block = np.asarray(x[start:start + _CHUNK], dtype=np.float64)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
             raise DataError(f"{source}: row {row} (uid {uids[row]}) has a NaN or infinite value")
-        norms = np.linalg.norm(block, axis=1)
+        huge = (np.abs(block) > _FLOAT32_MAX).any(axis=1)
+        if huge.any():
+            row = start + int(np.flatnonzero(huge)[0])
+            raise DataError(f"{source}: row {row} (uid {uids[row]}) has a value beyond float32's range")
+        norms = np.linalg.norm(block, axis=1)  # float64: squares of float32-range values cannot overflow
         if (norms == 0).any():
             row = start + int(np.flatnonzero(norms == 0)[0])
             raise DataError(f"{source}: row {row} (uid {uids[row]}) is all zeros")
@@ -158,8 +175,11 @@ def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_
         off += int(bad.sum())
     if off:
         logger.warning("%s: %d of %d rows were not L2-normalised; renormalised", source, off, len(x))
-        x32 = np.asarray(x, dtype=np.float32)
-        return (x32 / np.linalg.norm(x32, axis=1, keepdims=True)).astype(x.dtype)
+        out = np.empty(x.shape, x.dtype)
+        for start in range(0, len(x), _CHUNK):
+            block = np.asarray(x[start:start + _CHUNK], dtype=np.float64)
+            out[start:start + _CHUNK] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        return out
     return x
 
 
@@ -219,11 +239,12 @@ def _read_clip_retrieval_part(index: int, part: dict) -> EmbeddingShard:
             raise DataError(f"{part['text']}: {len(text)} rows but {part['img']} has {len(x)} rows")
     canonical = canonical_table(meta, PRESETS["clip-retrieval"], path=part["meta"], shard=index)
     uids = np.asarray(canonical.column("uid").to_pylist(), dtype=object)
+    _check_unique(uids, part["meta"])
     return EmbeddingShard(index, str(part["img"]), uids, x, text, meta)
 
 
 def _read_parquet_part(index: int, path: Path, col: str, id_col: str | None) -> EmbeddingShard:
-    names = pq.read_schema(path).names
+    names = read_schema(path).names
     if col not in names:
         raise DataError(f"{path}: embedding column {col!r} (--embedding-col) not found; columns are: "
                         f"{', '.join(names)}")
@@ -233,10 +254,22 @@ def _read_parquet_part(index: int, path: Path, col: str, id_col: str | None) -> 
     table = read_parquet(path, columns=[c for c in (id_name, col) if c])
     x = fixed_size_list_to_numpy(table.column(col), source=f"{path}: column {col!r}")
     if id_name:
-        uids = np.asarray(table.column(id_name).cast(pa.string()).to_pylist(), dtype=object)
+        uids = np.asarray(uid_column(table, id_name, path=path).to_pylist(), dtype=object)
+        _check_unique(uids, path)
     else:
         uids = np.arange(len(x)).astype(str)
     return EmbeddingShard(index, str(path), uids, x)
+
+
+def _check_unique(uids: np.ndarray, path: Path) -> None:
+    """Raise DataError naming ``path``, a uid that repeats within the shard and the rows it is on."""
+    if len(set(uids.tolist())) == len(uids):
+        return
+    first: dict[str, int] = {}
+    for row, uid in enumerate(uids.tolist()):
+        if uid in first:
+            raise DataError(f"{path}: uid {uid!r} is on rows {first[uid]} and {row}; uids must be unique")
+        first[uid] = row
 
 
 def fixed_size_list_to_numpy(column: pa.ChunkedArray, *, source: str) -> np.ndarray:
@@ -245,6 +278,8 @@ def fixed_size_list_to_numpy(column: pa.ChunkedArray, *, source: str) -> np.ndar
     if arr.null_count:
         row = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{source}: row {row} has no embedding")
+    if not _is_float_list(arr.type):
+        raise DataError(f"{source}: type {arr.type} is not a list of floats")
     if pa.types.is_fixed_size_list(arr.type):
         width = arr.type.list_size
         flat = arr.flatten().to_numpy(zero_copy_only=False)
@@ -255,22 +290,51 @@ def fixed_size_list_to_numpy(column: pa.ChunkedArray, *, source: str) -> np.ndar
             raise DataError(f"{source}: row {row} has {lengths[row]} values, row 0 has {lengths[0]}")
         width = int(lengths[0]) if len(lengths) else 0
         flat = arr.flatten().to_numpy(zero_copy_only=False)
-    else:
-        raise DataError(f"{source}: type {arr.type} is not a list of floats")
     return flat.reshape(len(arr), width)
 
 
+def _is_float_list(t: pa.DataType) -> bool:
+    lists = pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+    return lists and pa.types.is_floating(t.value_type)
+
+
 def _guess_embedding_column(path: Path) -> str:
-    schema = pq.read_schema(path)
-    for f in schema:
-        if (pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type)) and \
-                pa.types.is_floating(f.type.value_type):
+    for f in read_schema(path):
+        if _is_float_list(f.type):
             return f.name
     raise DataError(f"{path}: no embedding column found (a list of floats); pass --embedding-col")
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
+    """Memory-map the 2-D float array of a .npy file, after checking its header against the file's size."""
+    with reading(path, ".npy file", also=_NPY_HEADER_ERRORS):
+        shape, dtype, data_start = _npy_header(path)
+        _check_shape_and_dtype(path, shape, dtype)
+        needed = data_start + math.prod(shape) * dtype.itemsize
+        size = path.stat().st_size
+        if size < needed:
+            raise DataError(f"{path}: truncated: its header says shape {shape} {dtype} ({needed} bytes), "
+                            f"the file has {size} bytes")
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy file ({e})") from e
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, offset of the data) from a .npy file's header, without reading its data."""
+    with open(path, "rb") as f:
+        if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise DataError(f"{path}: not a .npy file (it does not start with the .npy magic bytes)")
+        f.seek(0)
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        return shape, dtype, f.tell()
+
+
+def _check_shape_and_dtype(source: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise DataError naming ``source`` unless ``shape`` is 2-D with columns and ``dtype`` is a float type."""
+    if dtype.kind != "f":
+        raise DataError(f"{source}: embeddings must be floats (float16, float32 or float64), got dtype {dtype}")
+    if len(shape) != 2:
+        raise DataError(f"{source}: embeddings must be a 2-D array (rows × dim), got shape {shape}")
+    if shape[1] == 0:
+        raise DataError(f"{source}: embeddings have 0 columns (shape {shape})")

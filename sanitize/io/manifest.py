@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.errors import ConfigError, DataError
+from sanitize.errors import ConfigError, DataError, first_line, reading
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class Manifest:
         return first.parent
 
     def __len__(self) -> int:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files)
+        return sum(count_rows(f) for f in self.files)
 
     def shards(self, start: int = 0) -> Iterator[ManifestShard]:
         """Yield shards in a fixed order (sorted file names), reading one file at a time."""
@@ -165,7 +165,7 @@ class Manifest:
         return read_parquet(self.files[index])
 
     def _needed_columns(self, path: Path) -> list[str]:
-        names = set(pq.read_schema(path).names)
+        names = set(read_schema(path).names)
         c = self.columns
         wanted = [*c.id_cols, c.caption, c.image, c.url, c.key, c.success_col]
         if "error_message" in names:
@@ -258,7 +258,7 @@ def open_manifest(
     columns = replace(columns, **overrides)
     if preset == "generic" and id_col is None and not columns.id_cols and not (columns.url or columns.caption):
         raise DataError(f"{files[0]}: cannot tell which column identifies a row; pass --id-col "
-                        f"(columns are: {', '.join(pq.read_schema(files[0]).names)})")
+                        f"(columns are: {', '.join(read_schema(files[0]).names)})")
     spec = ManifestSpec(path=str(path), preset=preset, columns=columns,
                         image_root=str(image_root) if image_root else None)
     manifest = Manifest(spec, files)
@@ -302,18 +302,46 @@ def detect_preset(path: str | os.PathLike, first_file: Path) -> str:
 
 
 def read_schema(path: Path) -> pa.Schema:
-    try:
+    """The schema of a parquet file. Raises DataError naming the file when unreadable."""
+    with reading(path, "parquet file"):
         return pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file ({_first_line(e)})") from e
+
+
+def count_rows(path: Path) -> int:
+    """The row count of a parquet file, from its footer. Raises DataError naming the file when unreadable."""
+    with reading(path, "parquet file"):
+        return pq.ParquetFile(path).metadata.num_rows
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     """Read a parquet file (optionally some columns). Raises DataError naming the file when unreadable."""
-    try:
+    with reading(path, "parquet file"):
         return pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file ({_first_line(e)})") from e
+
+
+def text_column(table: pa.Table, col: str, *, path: Path) -> pa.Array:
+    """Column ``col`` of ``table`` as strings. Raises DataError naming the file and column when its type (a list,
+    a struct) has no text form, or its bytes are not UTF-8."""
+    column = table.column(col)
+    try:
+        text = column.cast(pa.string()).combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise DataError(f"{path}: column {col!r} has type {column.type}, not text or a number "
+                        f"({first_line(e)})") from e
+    try:
+        text.validate(full=True)  # parquet readers do not check that strings are UTF-8
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path}: column {col!r} holds bytes that are not UTF-8 text ({first_line(e)})") from e
+    return text
+
+
+def uid_column(table: pa.Table, col: str, *, path: Path) -> pa.Array:
+    """Id column ``col`` as strings. Raises DataError naming the file, column and first row without a value."""
+    uid = text_column(table, col, path=path)
+    if uid.null_count:
+        bad = int(np.flatnonzero(uid.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: row {bad}: id column {col!r} is empty")
+    return uid
 
 
 def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int) -> pa.Table:
@@ -327,15 +355,15 @@ def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int
     def text(col: str | None) -> pa.Array:
         if col is None or col not in names:
             return pa.nulls(n, pa.string())
-        return raw.column(col).cast(pa.string()).combine_chunks()
+        return text_column(raw, col, path=path)
 
     caption, url, key, image = text(columns.caption), text(columns.url), text(columns.key), text(columns.image)
     id_col = next((c for c in columns.id_cols if c in names), None)
     if id_col is not None:
-        uid = raw.column(id_col).cast(pa.string()).combine_chunks()
-        if uid.null_count:
-            bad = int(np.flatnonzero(uid.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: row {bad}: id column {id_col!r} is empty")
+        uid = uid_column(raw, id_col, path=path)
+    elif not {columns.url, columns.image, columns.caption} & names:
+        raise DataError(f"{path}: no id column ({', '.join(columns.id_cols) or '--id-col'}) and no url, image or "
+                        f"caption column to make uids from; columns are: {', '.join(raw.column_names)}")
     else:
         # Without an id column, a row is its url (or, for local files, its image path) plus its caption.
         where = [u if u is not None else i for u, i in zip(url.to_pylist(), image.to_pylist(), strict=True)]
@@ -344,7 +372,7 @@ def canonical_table(raw: pa.Table, columns: ColumnMap, *, path: Path, shard: int
         # A row the tool failed to download has no image anywhere: null its key and url (after the uid is made).
         import pyarrow.compute as pc
 
-        ok = pc.fill_null(pc.equal(raw.column(columns.success_col).cast(pa.string()), columns.success_value), False)
+        ok = pc.fill_null(pc.equal(text(columns.success_col), columns.success_value), False)
         key = pc.if_else(ok, key, pa.scalar(None, pa.string()))
         url = pc.if_else(ok, url, pa.scalar(None, pa.string()))
     return pa.table(
@@ -365,9 +393,5 @@ def url_caption_uids(urls: list[str | None], captions: list[str | None]) -> list
 def _guess_generic(first_file: Path) -> ColumnMap:
     names = read_schema(first_file).names
     picks = {role: next((c for c in options if c in names), None) for role, options in _GENERIC_GUESSES.items()}
-    id_cols = (picks.pop("id_cols"),) if picks.get("id_cols") else ()
-    return ColumnMap(id_cols=id_cols, **picks)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    id_col = picks.pop("id_cols")
+    return ColumnMap(id_cols=(id_col,) if id_col else (), **picks)

@@ -125,3 +125,50 @@ def test_ragged_list_column(tmp_path):
     pq.write_table(pa.table({"uid": ["a", "b"], "emb": [[1.0, 0.0], [1.0]]}), tmp_path / "p.parquet")
     with pytest.raises(DataError, match="row 1 has 1 values, row 0 has 2"):
         list(open_embeddings(tmp_path / "p.parquet").shards())
+
+
+@pytest.mark.parametrize("array,message", [
+    (np.ones(4, np.float32), r"must be a 2-D array \(rows × dim\), got shape \(4,\)"),
+    (np.ones((2, 2, 2), np.float32), r"got shape \(2, 2, 2\)"),
+    (np.ones((2, 4), np.int32), "must be floats .* got dtype int32"),
+    (np.zeros((2, 0), np.float32), "0 columns"),
+])
+def test_npy_shape_and_dtype_are_checked_before_reading(tmp_path, array, message):
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(DataError, match=rf"x.npy: .*{message}"):
+        list(open_embeddings(tmp_path / "x.npy").shards())
+
+
+def test_truncated_and_foreign_npy(tmp_path):
+    np.save(tmp_path / "x.npy", unit_rows(4, 4))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-8])
+    with pytest.raises(DataError, match=r"cut.npy: truncated: its header says shape \(4, 4\) float32"):
+        list(open_embeddings(tmp_path / "cut.npy").shards())
+    (tmp_path / "text.npy").write_text("1,2,3\n")
+    with pytest.raises(DataError, match="text.npy: not a .npy file"):
+        list(open_embeddings(tmp_path / "text.npy").shards())
+
+
+def test_float64_renormalised_without_overflow(tmp_path):
+    x = unit_rows(3, 4).astype(np.float64) * 1e30
+    np.save(tmp_path / "x.npy", x)
+    shard = next(open_embeddings(tmp_path / "x.npy").shards())
+    assert shard.img_emb.dtype == np.float64
+    np.testing.assert_allclose(np.linalg.norm(shard.img_emb, axis=1), 1, rtol=1e-9)
+
+
+def test_parquet_uids_must_be_present_and_unique(tmp_path):
+    emb = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    pq.write_table(pa.table({"uid": ["a", "b", "a"], "emb": emb}), tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match="dup.parquet: uid 'a' is on rows 0 and 2"):
+        list(open_embeddings(tmp_path / "dup.parquet").shards())
+    pq.write_table(pa.table({"uid": ["a", None, "c"], "emb": emb}), tmp_path / "null.parquet")
+    with pytest.raises(DataError, match="null.parquet: row 1: id column 'uid' is empty"):
+        list(open_embeddings(tmp_path / "null.parquet").shards())
+
+
+def test_run_folder_without_embeddings(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({}))
+    with pytest.raises(DataError, match="run: a run folder without embeddings/img_emb/"):
+        open_embeddings(tmp_path / "run")

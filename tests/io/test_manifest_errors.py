@@ -81,3 +81,27 @@ def test_input_is_never_modified(tmp_path):
     m.check_unique_uids()
     list(m.shards())
     assert p.read_bytes() == before
+
+
+def test_generic_manifest_without_id_column_gets_url_caption_uids(tmp_path):
+    p = write(tmp_path / "m.parquet", url=["http://a", "http://b"], caption=["x", "y"])
+    uids = open_manifest(p).read_shard(0).table["uid"].to_pylist()
+    assert len(set(uids)) == 2 and all(len(u) == 16 for u in uids)
+
+
+@pytest.mark.parametrize("column,message", [
+    (pa.array([[1], [2]]), r"column 'uid' has type list<.*>, not text or a number"),
+    (pa.array([b"\xff", b"ok"], pa.binary()), "column 'uid' has type binary, not text or a number"),
+])
+def test_uid_column_that_is_not_text(tmp_path, column, message):
+    p = write(tmp_path / "m.parquet", uid=column, caption=["1", "2"])
+    with pytest.raises(DataError, match=rf"m.parquet: {message}"):
+        open_manifest(p).read_shard(0)
+
+
+def test_folder_or_empty_file_is_named(tmp_path):
+    (tmp_path / "m").mkdir()
+    write(tmp_path / "m" / "00000.parquet", uid=["a"], caption=["x"])
+    (tmp_path / "m" / "00001.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"00001.parquet: not a readable parquet file \(the file is empty\)"):
+        len(open_manifest(str(tmp_path / "m" / "*.parquet")))
