@@ -15,12 +15,12 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from sanitize.dedup.defaults import DEFAULT_KEEP, KEEP_POLICIES
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-KEEP_POLICIES = ("max", "min")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class GroupDecisions:
         return int(self.group_id.max()) + 1 if len(self.group_id) else 0
 
 
-def keep_priority(n_rows: int, keep_values: np.ndarray | None = None, keep: str = "max") -> np.ndarray:
+def keep_priority(n_rows: int, keep_values: np.ndarray | None = None, keep: str = DEFAULT_KEEP) -> np.ndarray:
     """Rank of each row as the one to keep (0 = most preferred), (n_rows,) int64, all ranks distinct.
 
     Without `keep_values` the smallest row index is preferred. With them, the largest (keep="max") or

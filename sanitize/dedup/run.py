@@ -32,7 +32,7 @@ from sanitize.dedup.clustering import (
     fit_projection,
     train_centroids,
 )
-from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
 from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, within_cluster_candidates
@@ -146,7 +146,7 @@ def find_duplicates(
     n_clusters: int | None = None,
     seed: int = 0,
     keep_values: np.ndarray | None = None,
-    keep: str = "max",
+    keep: str = DEFAULT_KEEP,
     refuse_chains: bool = False,
     hashes: Sequence | np.ndarray | pa.Array | None = None,
     require_normalized: bool = False,

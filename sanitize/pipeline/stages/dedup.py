@@ -23,7 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.defaults import (
+    DEFAULT_CLUSTERINGS,
+    DEFAULT_KEEP,
+    DEFAULT_RECALL_SAMPLE,
+    DEFAULT_THRESHOLD,
+    KEEP_POLICIES,
+)
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
@@ -54,7 +60,7 @@ class DedupConfig:
     clusters: int | None = option(None, "Clusters per clustering (unset: from the row count).", example=4096, low=1)
     keep_by: str | None = option(None, "Column whose largest (keep = 'max') or smallest value is kept in each group.",
                                  example="width")
-    keep: str = option("max", "Which end of keep_by wins.", choices=("max", "min"))
+    keep: str = option(DEFAULT_KEEP, "Which end of keep_by wins.", choices=KEEP_POLICIES)
     refuse_chains: bool = option(False, "Remove only rows within threshold of the kept row.")
     hash_col: str | None = option("sha256", "Rows with equal values are exact duplicates.")
     require_normalized: bool = option(False, "Refuse rows that are not L2-normalised.")
