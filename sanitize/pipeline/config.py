@@ -165,7 +165,11 @@ def starter_config() -> str:
     lines = ["# sanitize run MANIFEST --config sanitize.toml --out RUN", "#",
              "# Every key is a CLI option of its stage (- written as _). Unset optional keys are commented out.",
              "# `sanitize run … --dry-run` prints the resolved plan without running anything.", ""]
+    stages = {s.name: s for s in stage_classes()}
     for section in SECTIONS:
+        if section in stages:
+            opt_in = "" if stages[section].runs_by_default else " (opt-in: add it to run.stages)"
+            lines.append(f"# {section}: {stages[section].summary}{opt_in}")
         lines.append(f"[{section}]")
         for o in (o for o in OPTIONS if o.section == section):
             choices = f" One of: {', '.join(o.choices)}." if o.choices and o.kind != "list[str]" else ""

@@ -19,7 +19,6 @@ filter stage's decisions, whatever its name.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -125,7 +124,7 @@ class Stage(abc.ABC):
     role: ClassVar[str] = "filter"
     requires: ClassVar[tuple[str, ...]] = ("embed",)
     runs_by_default: ClassVar[bool] = True
-    summary: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what the stage does, in one line (heads its section in `sanitize init`)
 
     def __init__(self, config: Any = None) -> None:
         self.config = self.Config() if config is None else config
@@ -155,10 +154,6 @@ class Stage(abc.ABC):
     @abc.abstractmethod
     def run(self, context: StageContext) -> StageResult:
         """Do the stage's work over ``context.run``, resumably; return its result (also recorded in stats.json)."""
-
-    def with_config(self, **changes: Any) -> Stage:
-        """A copy of this stage with some config fields changed."""
-        return type(self)(dataclasses.replace(self.config, **changes))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
