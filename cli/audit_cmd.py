@@ -11,7 +11,7 @@ from sanitize.errors import ConfigError
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
-from sanitize.pipeline.stages.audit import AuditConfig, AuditStage, ExternalFilter, audit_manifest
+from sanitize.pipeline.stages.audit import AuditConfig, AuditStage, ExternalFilter, KeptIn, audit_manifest
 from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, manifest_options, open_manifest_from
 
@@ -24,22 +24,28 @@ from sanitize_cli.options import json_option, manifest_options, open_manifest_fr
                    "'punsafe < 0.1' (repeatable: each is a stage, in order).")
 @click.option("--keep-col", "keep_cols", multiple=True, metavar="COLUMN",
               help="MANIFEST only: a boolean column that is true for the rows a filter kept (repeatable).")
+@click.option("--after", help="MANIFEST only: the manifest a filter wrote from MANIFEST (read with the same options); "
+                             "its rows are the kept ones.")
 @click.option("--out", type=click.Path(file_okay=False), help="MANIFEST only: folder for the report.")
 @manifest_options
 @json_option
-def audit(source, conditions, keep_cols, out, as_json, **values):
+def audit(source, conditions, keep_cols, after, out, as_json, **values):
     """SOURCE is a run folder (its finished filter stages are audited; the report goes to RUN/audit/) or a
-    manifest (file, glob or folder) with --filter / --keep-col and --out."""
+    manifest (file, glob or folder) with --filter / --keep-col / --after and --out."""
     config = from_cli("audit", AuditConfig, values)
     if Path(source, "run.json").is_file():
-        if conditions or keep_cols or out:
-            raise ConfigError("--filter, --keep-col and --out are for a MANIFEST; a run folder audits its stages")
+        if conditions or keep_cols or after or out:
+            raise ConfigError("--filter, --keep-col, --after and --out are for a MANIFEST; a run folder audits its "
+                              "stages")
         stats = run_stage(AuditStage(config), RunFolder.open(source)).to_dict()
     else:
         if out is None:
             raise ConfigError("--out is needed when SOURCE is a manifest")
+        manifest = open_manifest_from(source, values)
         filters = [*(ExternalFilter(c, c) for c in conditions), *(ExternalFilter(c, c, column=True) for c in keep_cols)]
-        stats = audit_manifest(open_manifest_from(source, values), filters, out, attributes=config.attributes,
+        if after:
+            filters.append(KeptIn.of(manifest, open_manifest_from(after, values)))
+        stats = audit_manifest(manifest, filters, out, attributes=config.attributes,
                                weight_on=config.weight_on, target=config.target or None)
     lines = [f"audited stages {', '.join(stats['stages'])} by {', '.join(stats['attributes'])}: "
              f"{stats['flags']} flag(s)", f"report: {stats['paths']['html']}"]

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -260,7 +261,7 @@ class ExternalFilter:
     rule: str
     column: bool = False
 
-    def keep(self, raw: pl.DataFrame, where: str) -> pl.Series:
+    def keep(self, raw: pl.DataFrame, uids: pl.Series, where: str) -> pl.Series:
         """The keep column of one shard (`raw`: the manifest shard's own columns). ConfigError for a condition
         that does not parse, DataError for a missing or non-boolean column (naming `where`)."""
         import polars as pl
@@ -284,7 +285,33 @@ class ExternalFilter:
         return kept
 
 
-def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter], out: str | os.PathLike, *,
+@dataclass(frozen=True)
+class KeptIn:
+    """A filter known by its result: the rows whose uid is in `after` (the manifest the filter wrote) were kept."""
+
+    name: str
+    after: frozenset[str]
+
+    @classmethod
+    def of(cls, before: Manifest, after: Manifest) -> KeptIn:
+        """The filter that turned `before` into `after`, read with the same options. DataError naming some uids
+        when `after` holds rows that `before` does not."""
+        kept = frozenset(uid for shard in after.shards() for uid in shard.table["uid"].to_pylist())
+        extra = kept - frozenset(uid for shard in before.shards() for uid in shard.table["uid"].to_pylist())
+        if extra:
+            shown = ", ".join(sorted(extra)[:5])
+            raise DataError(f"{after.spec.path}: {len(extra)} rows are not in {before.spec.path}, e.g. {shown}; "
+                            "an 'after' manifest must be a subset of the 'before' one")
+        return cls(f"kept in {Path(after.spec.path).name}", kept)
+
+    def keep(self, raw: pl.DataFrame, uids: pl.Series, where: str) -> pl.Series:
+        """Whether each row's uid is in `after` (a set lookup per row: the work per shard does not grow with N)."""
+        import polars as pl
+
+        return pl.Series([uid in self.after for uid in uids.to_list()], dtype=pl.Boolean)
+
+
+def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn], out: str | os.PathLike, *,
                    attributes: Sequence[str] = AuditConfig.attributes, weight_on: Sequence[str] | None = None,
                    target: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Audit filters run outside this tool (LAION's punsafe cut, a vendor's score, a keyword list) on `manifest`:
@@ -296,7 +323,8 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter], out: s
     from sanitize.audit import run_audit
 
     if not filters:
-        raise ConfigError("nothing to audit: give --filter CONDITION or --keep-col COLUMN (or a run folder)")
+        raise ConfigError("nothing to audit: give --filter CONDITION, --keep-col COLUMN or --after MANIFEST (or a "
+                          "run folder)")
     names = [f.name for f in filters]
     if len(set(names)) != len(names):
         raise ConfigError(f"filters repeat: {', '.join(names)}")
@@ -313,7 +341,7 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter], out: s
             # A NaN score is a missing score: the filter did not decide that row (like a null).
             frame = pl.from_arrow(raw).with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
             where = str(manifest.files[index])
-            yield table.with_columns(*(f.keep(frame, where).alias(f"keep:{f.name}") for f in filters))
+            yield table.with_columns(*(f.keep(frame, table["uid"], where).alias(f"keep:{f.name}") for f in filters))
 
     keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
     result = run_audit(shards, [s.info for s in sources], out, stages=names, options=_default_options(sources),

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -58,7 +59,7 @@ def test_punsafe_cuts_are_audited_side_by_side(laion, tmp_path):
     (["--filter", "punsafe"], 2, "--filter 'punsafe' gives Float32 values, not true/false"),
     (["--keep-col", "TEXT"], 1, "--keep-col column 'TEXT' is String, not boolean"),
     (["--keep-col", "missing"], 1, "--keep-col column 'missing' not found"),
-    ([], 2, "nothing to audit: give --filter CONDITION or --keep-col COLUMN"),
+    ([], 2, "nothing to audit: give --filter CONDITION, --keep-col COLUMN or --after MANIFEST"),
     (["--filter", "punsafe < 0.1", "--attribute", "perceived_gender"], 2, "is zero-shot and needs a run folder"),
 ])
 def test_bad_filters_are_one_line_errors(laion, tmp_path, args, code, message):
@@ -76,3 +77,26 @@ def test_manifest_needs_out_and_a_run_refuses_manifest_options(laion, tmp_path):
     (run / "run.json").write_text("{}")
     result = invoke("audit", run, "--filter", "punsafe < 0.1")
     assert result.exit_code == 2 and "are for a MANIFEST; a run folder audits its stages" in result.stderr
+
+
+def test_before_and_after_manifests(laion, tmp_path):
+    folder, _, punsafe = laion
+    after = tmp_path / "after"
+    after.mkdir()
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        table = pq.read_table(folder / name)
+        kept = pc.less(table["punsafe"], 0.1)
+        pq.write_table(table.filter(pc.fill_null(kept, False)), after / name)
+    result = invoke("audit", folder, "--after", after, "--out", tmp_path / "a", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages"] == ["kept in after"]
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    stage = report["stages"][0]
+    assert stage["kept"] == int((punsafe < 0.1).sum()) and stage["evaluated"] == len(punsafe)
+    # An 'after' manifest with rows the 'before' one lacks is refused, naming some.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    table = pq.read_table(folder / "part-00000.parquet").slice(0, 10)
+    pq.write_table(table.set_column(0, "SAMPLE_ID", pa.array(range(10_000, 10_010))), extra / "part-00000.parquet")
+    result = invoke("audit", folder, "--after", extra, "--out", tmp_path / "b")
+    assert result.exit_code == 1 and "10 rows are not in" in result.stderr and "e.g. 10000" in result.stderr
