@@ -102,8 +102,10 @@ def _read_toml(path: str | os.PathLike, kind: str, builtin: dict[str, Path]) -> 
     try:
         with open(p, "rb") as f:
             return tomllib.load(f), name
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"{p}: {kind} file not readable ({e.strerror})") from e
 
 
 def _label(value: object, where: str) -> str:

@@ -78,6 +78,14 @@ def test_missing_spec_file_is_a_config_error(tmp_path):
         load_attribute_spec(tmp_path / "nope.toml")
 
 
+def test_a_spec_that_is_not_text_is_a_config_error(tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    for load in (load_attribute_spec, load_lexicon):
+        with pytest.raises(ConfigError, match="binary.toml: not valid TOML"):
+            load(path)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
