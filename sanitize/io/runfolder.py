@@ -236,17 +236,24 @@ class RunFolder:
         self.write_decisions(stage, index, table)
         self.mark_done(stage, index, stats)
 
+    def done_shards(self, stage: str) -> set[int]:
+        """Indices of the finished shards of `stage` (or of the stage that writes decision set `stage`), from one
+        listing of its markers (`is_done` reads run.json per call: use this in loops over shards)."""
+        return {int(p.name) for p in (self.stage_folder(self.owner(stage)) / "_done").glob("[0-9]*")}
+
+    def todo(self, stage: str, n_shards: int) -> list[int]:
+        """Shards 0 … n_shards - 1 of `stage` whose marker is missing, in order."""
+        done = self.done_shards(stage)
+        return [i for i in range(n_shards) if i not in done]
+
     def read_stage(self, stage: str, columns: list[str] | None = None) -> Iterator[tuple[int, pa.Table]]:
         """Yield (shard index, table) for every finished shard of decision set (or stage) ``stage``."""
-        owner = self.owner(stage)
-        done = sorted(int(p.name) for p in (self.stage_folder(owner) / "_done").glob("[0-9]*"))
-        for index in done:
+        for index in sorted(self.done_shards(stage)):
             yield index, read_parquet(self.shard_path(stage, index), columns=columns)
 
     def finished_stages(self) -> list[str]:
         """Stages with at least one finished shard, in the order they were begun."""
-        stages = self.info().get("stages", {})
-        return [s for s in stages if any((self.stage_folder(s) / "_done").glob("[0-9]*"))]
+        return [s for s in self.info().get("stages", {}) if self.done_shards(s)]
 
     def decision_sets(self, role: str = "filter") -> list[str]:
         """Names of the decision sets of finished stages with `role` (a classify stage has one per category),

@@ -155,11 +155,6 @@ def resolve_config(raw: dict[str, Any], *, where: str = "config") -> PipelineCon
     return config
 
 
-def planned_stages(config: PipelineConfig) -> list[str]:
-    """The stages `config` asks for, in pipeline order, minus the skipped ones."""
-    return config.planned_stages()
-
-
 def starter_config() -> str:
     """The commented TOML that `sanitize init` writes: every key at its default, each with its help line."""
     lines = ["# sanitize run MANIFEST --config sanitize.toml --out RUN", "#",

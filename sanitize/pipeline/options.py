@@ -20,7 +20,7 @@ import difflib
 import functools
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,13 +103,9 @@ _BASE_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": 
 _KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
+@functools.cache
 def options_of(section: str, cls: type) -> tuple[Option, ...]:
     """The options of config dataclass `cls` (its fields, in order) as section `section`."""
-    return _options_of(section, cls)
-
-
-@functools.cache
-def _options_of(section: str, cls: type) -> tuple[Option, ...]:
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
@@ -237,7 +233,3 @@ def parse_shares(text: str, flag: str) -> dict[str, float]:
         target[name.strip()] = share
     return target
 
-
-def iter_fields(section: Any) -> Iterator[tuple[str, Any]]:
-    for f in dataclasses.fields(section):
-        yield f.name, getattr(section, f.name)

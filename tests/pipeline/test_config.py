@@ -9,7 +9,6 @@ from sanitize.pipeline.config import (
     OPTIONS,
     default_config,
     load_config,
-    planned_stages,
     resolve_config,
     starter_config,
 )
@@ -102,4 +101,4 @@ def test_overrides_and_types():
 
 def test_planned_stages_keep_pipeline_order_minus_skips():
     config = resolve_config({"run": {"stages": ["export", "embed", "dedup"], "skip": ["embed"]}})
-    assert planned_stages(config) == ["dedup", "export"]
+    assert config.planned_stages() == ["dedup", "export"]

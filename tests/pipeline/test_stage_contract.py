@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import sanitize.pipeline.runner as runner
+from sanitize.errors import ConfigError
 from sanitize.pipeline.config import load_config, starter_config
 from sanitize.pipeline.registry import stage_classes, stage_names
 from sanitize.pipeline.stage import ShardStats
@@ -72,7 +73,7 @@ def test_an_added_stage_runs_in_the_pipeline_and_reaches_export_and_audit(world,
 
 def test_caption_length_is_opt_in_and_its_options_are_checked():
     assert "caption_length" not in load_config(None).run.stages
-    with pytest.raises(Exception, match="caption_length.min_words must be at least 0"):
+    with pytest.raises(ConfigError, match="caption_length.min_words must be at least 0"):
         load_config(None, ["caption_length.min_words=-1"])
 
 

@@ -78,7 +78,7 @@ class AlignStage(Stage):
             raise DataError(f"{run.path}: no embedded rows to align")
         key = (int(sortable_keys(np.array([c.threshold], np.float32))[0]) if c.by == "threshold"
                else cut_key(context, run, indices, high, math.ceil(c.fraction * rows)))
-        todo = [i for i in indices if not run.is_done(STAGE, i)]
+        todo = run.todo(STAGE, len(indices))
         context.engine.map_shards(AlignShardWorker(run.path, key), todo)
         counts = stored_counts(run, STAGE)
         details = {"by": c.by, "threshold": value_of_key(key),

@@ -54,7 +54,7 @@ class CaptionLengthStage(Stage):
         started = time.perf_counter()
         run = context.run
         run.begin_stage(STAGE, section_dict(self.config))
-        todo = [i for i in range(len(run.manifest().files)) if not run.is_done(STAGE, i)]
+        todo = run.todo(STAGE, len(run.manifest().files))
         context.engine.map_shards(CaptionLengthWorker(run.path, self.config), todo)
         return context.result(self, started, stored_counts(run, STAGE))
 

@@ -246,7 +246,7 @@ def classify_run(run: RunFolder, project: LabelProject, categories: Sequence[str
     for f in filters:
         write_json(certificate_path(run, f.name), f.report)
     n_shards = open_embeddings(run.path).n_shards
-    todo = [i for i in range(n_shards) if not run.is_done(STAGE, i)]
+    todo = run.todo(STAGE, n_shards)
     context.engine.map_shards(ClassifyShardWorker(run.path, project.path, filters, block_rows=block_rows), todo)
     counts = stored_counts(run, STAGE)
     return {"categories": {f.name: category_stats(f, counts) for f in filters},

@@ -205,7 +205,7 @@ def _load(embeddings: EmbeddingSource) -> tuple[np.ndarray, np.ndarray, list[int
 
 
 def _all_done(run: RunFolder, embeddings: EmbeddingSource) -> bool:
-    return all(run.is_done(STAGE, i) for i in range(embeddings.n_shards))
+    return not run.todo(STAGE, embeddings.n_shards)
 
 
 def _run_columns(run: RunFolder) -> Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]:

@@ -88,11 +88,9 @@ class EmbedStage(Stage):
         manifest.check_unique_uids()
         run.begin_stage(STAGE, embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels),
                         role=self.role, clear=(run.stage_dir(STAGE), run.embeddings_dir))
-        todo = []
-        for index in range(len(manifest.files)):
-            if not run.is_done(STAGE, index):
-                todo.append(index)
-            elif bar is not None:
+        todo = run.todo(STAGE, len(manifest.files))
+        if bar is not None:  # finished shards count as progress
+            for index in sorted(set(range(len(manifest.files))) - set(todo)):
                 bar(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
         worker = EmbedShardWorker(manifest, run.path, model_config(self.model), batch_size=c.batch_size,
                                   num_workers=c.workers, max_pixels=c.max_pixels, model=self.model, progress=bar)

@@ -70,7 +70,7 @@ class ExportStage(Stage):
         run.begin_stage(STAGE, {"out": run.relative(out), "removed_sha256": digest}, role=self.role, folder=out,
                         clear=(out / "_done",))
         atomic.write_parquet(out / "removed.parquet", removed.to_arrow())
-        todo = [i for i in range(len(run.manifest().files)) if not run.is_done(STAGE, i)]
+        todo = run.todo(STAGE, len(run.manifest().files))
         sets = run.decision_sets("filter") + run.decision_sets("source")
         context.engine.map_shards(ExportShardWorker(run.path, out, sets), todo)
         counts = stored_counts(run, STAGE)
