@@ -63,7 +63,12 @@ def fit_projection(
     rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(rows, size=min(len(rows), sample_rows), replace=False))
-    block = x[sample]
+    return principal_directions(x[sample], dims)
+
+
+def principal_directions(block: np.ndarray, dims: int) -> np.ndarray:
+    """(d, dims) float32: the `dims` leading eigenvectors of the uncentred second moment of the unit rows
+    `block` (float32), each signed so its largest component is positive. Same block, same bits."""
     _, vectors = np.linalg.eigh((block.T @ block).astype(np.float64))  # ascending eigenvalues
     top = vectors[:, ::-1][:, :dims]
     top *= np.where(top[np.abs(top).argmax(axis=0), np.arange(dims)] < 0, -1.0, 1.0)  # fix the sign
@@ -103,7 +108,14 @@ def train_centroids(
     rng = np.random.default_rng(seed)
     n_train = min(len(rows), n_clusters * max_points_per_centroid)
     sample = np.sort(rng.choice(rows, size=n_train, replace=False)) if n_train < len(rows) else rows
-    train = project(x[sample], projection)
+    return kmeans_centroids(project(x[sample], projection), n_clusters, seed=int(rng.integers(0, 2**31 - 1)),
+                            max_points_per_centroid=max_points_per_centroid, n_iter=n_iter)
+
+
+def kmeans_centroids(train: np.ndarray, n_clusters: int, *, seed: int, max_points_per_centroid: int = 32,
+                     n_iter: int = 10) -> np.ndarray:
+    """Spherical k-means centroids ((n_clusters, dims) float32, unit rows) of the (projected) unit rows `train`,
+    all of which are used (the caller draws the sample). `seed` seeds FAISS. Same rows and seed, same centroids."""
     d = train.shape[1]
     if n_clusters == 1:
         centroid = train.astype(np.float64).sum(axis=0)
@@ -113,7 +125,7 @@ def train_centroids(
         n_clusters,
         niter=n_iter,
         spherical=True,
-        seed=int(rng.integers(0, 2**31 - 1)),
+        seed=seed,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,  # we choose the sample size; silence FAISS's "too few points" warning
         gpu=faiss_gpu_count() > 0,

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from sanitize.dedup.components import component_roots
 from sanitize.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def exact_representatives(
     return _merge_representatives(rep_bytes, rep_hash)
 
 
-def _row_hashes(x: np.ndarray) -> np.ndarray:
+def row_hashes(x: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row's bytes: a random odd multiplier per 8-byte word, summed mod 2**64."""
     n = int(x.shape[0])
     row_bytes = x.dtype.itemsize * int(x.shape[1])
@@ -60,7 +59,7 @@ def _row_hashes(x: np.ndarray) -> np.ndarray:
 def _byte_equal_representatives(x: np.ndarray) -> np.ndarray:
     n = int(x.shape[0])
     rep = np.arange(n, dtype=np.int64)
-    h = _row_hashes(x)
+    h = row_hashes(x)
     order = np.argsort(h, kind="stable")  # equal hashes: ascending row index
     sorted_h = h[order]
     same_as_prev = np.empty(n, dtype=bool)
@@ -110,12 +109,6 @@ def _hash_representatives(hashes: Sequence | np.ndarray | pa.Array, n: int) -> n
 
 
 def _merge_representatives(rep_a: np.ndarray, rep_b: np.ndarray) -> np.ndarray:
-    n = len(rep_a)
-    rows = np.arange(n, dtype=np.int64)
-    src = np.concatenate([rows, rows])
-    dst = np.concatenate([rep_a, rep_b])
-    graph = coo_matrix((np.ones(2 * n, dtype=np.int8), (src, dst)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    first = np.full(label.max() + 1, n, dtype=np.int64)
-    np.minimum.at(first, label, rows)
-    return first[label]
+    rows = np.arange(len(rep_a), dtype=np.int64)
+    # Each component's root is its smallest row, which is the representative.
+    return component_roots(len(rows), np.concatenate([rows, rows]), np.concatenate([rep_a, rep_b]))

@@ -12,9 +12,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from sanitize.dedup.components import component_roots
 from sanitize.dedup.defaults import DEFAULT_KEEP, KEEP_POLICIES
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 from sanitize.errors import ConfigError, DataError
@@ -128,10 +127,8 @@ def _component_keepers(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each undecided row, the top-priority row of its connected component (over pairs a–b)."""
     members = np.flatnonzero(undecided)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    label = label[members]
-    best = np.full(label.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    label = component_roots(n, a, b)[members]
+    best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(best, label, priority[members])
     by_rank = np.empty(n, dtype=np.int64)
     by_rank[priority] = np.arange(n)

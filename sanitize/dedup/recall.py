@@ -60,7 +60,7 @@ def true_pairs_of_sample(
     """Every pair (sampled row, any row in `rows`) with exact cosine >= threshold, by exhaustive search.
 
     Returns (query, a, b): for each pair the position in `sample` of the row that found it, and the pair
-    as a < b global row ids. A pair between two sampled rows appears once, credited to the first.
+    as a < b global row ids, sorted. A pair between two sampled rows appears once, credited to the first.
     Cost: len(sample) × len(rows) dot products on `workers` threads (default: all cores) or as `task_map`'s
     tasks; memory: per worker one block of `block_rows` rows and its similarities to the sample.
     """
@@ -79,8 +79,11 @@ def true_pairs_of_sample(
     cos = pair_cosines(x, a, b)
     true = cos >= threshold
     q, a, b = q[true], a[true], b[true]
+    # One entry per pair, sorted by (a, b); a pair of two sampled rows is credited to the first of them, so the
+    # result does not depend on how the rows were cut into blocks.
     keys = pair_keys(a, b, len(x))
-    _, first = np.unique(keys, return_index=True)  # sorted by key: the result does not depend on blocks
+    order = np.lexsort((q, keys))
+    first = order[np.concatenate([[True], keys[order][1:] != keys[order][:-1]])] if len(order) else order
     return q[first], a[first], b[first]
 
 

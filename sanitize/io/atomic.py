@@ -25,11 +25,12 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it.
 
     The parent folder is created when missing. The temporary name keeps the suffix, so libraries that
-    look at extensions (numpy's .npy) behave.
+    look at extensions (numpy's .npy) behave. `durable`: fsync before the rename, so the file survives a power
+    loss too; scratch files that a rerun can rebuild skip it (a killed process still never leaves half a file).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -38,8 +39,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, target)
     except BaseException:
@@ -69,10 +71,16 @@ def write_parquet(path: str | os.PathLike, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+def write_npy(path: str | os.PathLike, array: np.ndarray, *, durable: bool = True) -> None:
     """Atomically write a numpy array in .npy format (readable with np.load(mmap_mode='r'))."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, durable: bool = True) -> None:
+    """Atomically write named arrays as an uncompressed .npz (np.load reads each name on its own)."""
+    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{name: np.asarray(a) for name, a in arrays.items()})
 
 
 def _json_default(obj: Any) -> Any:
