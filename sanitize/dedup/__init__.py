@@ -1,6 +1,8 @@
 """Near-duplicate removal by the union of several spherical k-means clusterings.
 
-`find_duplicates(x, threshold=0.95, n_clusterings=5)` is the entry point; the modules hold its pure parts:
+`find_duplicates(x, threshold=0.95, n_clusterings=5)` is the in-memory entry point, and
+`find_duplicates_sharded(rows, workdir)` the same algorithm as phases over files for data larger than memory
+(sharded, with shards/scan/buckets/components); the modules hold their pure parts:
 vectors (checks, unit rows), exact (byte/hash-equal rows), clustering (FAISS k-means on a PCA subspace),
 pairs (blockwise search inside clusters), groups (components and keep policy), recall (exact check on a
 sample), checkpoint (resume per clustering), parallel (worker threads with single-threaded BLAS), defaults (the
@@ -30,6 +32,7 @@ _EXPORTS = {
     "default_n_clusters": "clustering",
     "exact_representatives": "exact",
     "find_duplicates": "run",
+    "find_duplicates_sharded": "sharded",
     "fit_projection": "clustering",
     "keep_priority": "groups",
     "pair_cosines": "vectors",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from sanitize.dedup.buckets import BUCKET_ROWS, PART_ROWS, assign_part, search_pairs, split_parts
 from sanitize.dedup.clustering import (
     ASSIGN_BATCH_ROWS,
     default_n_clusters,
@@ -48,7 +48,6 @@ from sanitize.dedup.clustering import (
 )
 from sanitize.dedup.components import compact_ids
 from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
-from sanitize.dedup.exact import row_hashes
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, DEFAULT_BLOCK_ROWS
 from sanitize.dedup.parallel import TaskMap, thread_map
@@ -63,16 +62,13 @@ from sanitize.dedup.run import (
     _PhaseClock,
     _stream_seed,
 )
+from sanitize.dedup.scan import exact_copies, scan_shards
 from sanitize.dedup.shards import NodeRows, ShardedRows, shard_offsets, unit_rows, write_node_rows
-from sanitize.dedup.vectors import NORM_TOLERANCE
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
 
 logger = logging.getLogger(__name__)
 
-PART_ROWS = 131072  # rows per assign task (and per part file): ~128 MB of float16 512-d rows
-BUCKET_ROWS = 131072  # rows per pair-search task; a larger cluster is searched one block row per task
-EXACT_PARTITION_SHARDS = 64  # shards whose hashes one exact-path task reads (one partition per 64 shards)
 LAYOUT = 1  # version of the workdir's files
 
 Progress = Callable[[str, int, int], None]
@@ -163,14 +159,15 @@ def find_duplicates_sharded(
     n = int(offsets[-1])
     if n == 0:
         raise DataError("no embeddings to deduplicate")
-    work = _Workdir(Path(workdir), {"layout": LAYOUT, "sizes": sizes, "threshold": float(threshold),
+    work = _Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes,
+                                     "threshold": float(threshold),
                                      "n_clusterings": n_clusterings, "n_clusters": n_clusters, "seed": seed,
                                      "max_points_per_centroid": max_points_per_centroid,
                                      "kmeans_iterations": kmeans_iterations, "clustering_dims": clustering_dims,
                                      "recall_sample": recall_sample, "block_rows": block_rows,
                                      "require_normalized": require_normalized})
 
-    dim = _scan(rows, work, offsets, require_normalized, tasks)
+    dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     clock.lap("check")
     report("check", 1, 1)
     members, member_reps = _exact(rows, work, offsets, tasks)
@@ -186,7 +183,7 @@ def find_duplicates_sharded(
         raise ConfigError(f"n_clusters={k} is more than the {len(reps)} distinct rows; use at most {len(reps)}")
     projection = _projection(rows, work, reps, dim, options, tasks)
     clock.lap("projection")
-    parts = _parts(sizes, part_rows)
+    parts = split_parts(sizes, part_rows)
     pair_sets, clustering_stats = [], []
     for c in range(n_clusterings):
         pairs_c, info = _clustering(c, rows, work, reps, members, k, projection, parts, offsets, options,
@@ -258,6 +255,17 @@ class _Workdir:
         return json.loads((self.path / f"{name}.done").read_text())
 
 
+def _exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, tasks: TaskMap) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 2 (`exact_copies`), saved in the workdir: (exact copies, their representatives)."""
+    if work.done("exact"):
+        saved = np.load(work / "exact.npz")
+        return saved["members"], saved["reps"]
+    members, reps = exact_copies(rows, work / "scan", work / "exact_rows", offsets, tasks)
+    atomic.write_npz(work / "exact.npz", {"members": members, "reps": reps})
+    work.mark("exact")
+    return members, reps
+
+
 class _Distinct:
     """The distinct rows (every row but the exact copies `members`), addressed by position without listing them."""
 
@@ -281,178 +289,24 @@ class _Distinct:
         return self.at(np.sort(rng.choice(len(self), size=size, replace=False)))
 
 
-# -- phase 1: scan -------------------------------------------------------------------------------------------
 
 
-def _scan(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, require_normalized: bool, tasks: TaskMap) -> int:
-    """Check every row; write each shard's hashes split by partition. Returns the dimension."""
-    n_shards = len(offsets) - 1
-    n_parts = _n_partitions(n_shards)
-    todo = [s for s in range(n_shards) if not (work / f"scan/{s:06d}.done").exists()]
-    (work / "scan").mkdir(exist_ok=True)
-    tasks(_scan_shard, todo, (rows, str(work / "scan"), offsets, n_parts))
-    found = [json.loads((work / f"scan/{s:06d}.done").read_text()) for s in range(n_shards)]
-    dims = {f["dim"] for f in found if f["rows"]}
-    if len(dims) > 1:
-        raise DataError(f"embeddings: shards have different dimensions {sorted(dims)}")
-    worst = max(found, key=lambda f: f["worst_deviation"])
-    if worst["worst_deviation"] > NORM_TOLERANCE:
-        if require_normalized:
-            raise DataError(f"embeddings: rows are not unit length (row {worst['worst_row']} has norm "
-                            f"{worst['worst_norm']:.4g}); normalise them or allow normalisation")
-        logger.warning("embeddings: rows are not unit length (row %d has norm %.4g); normalising them for the search",
-                       worst["worst_row"], worst["worst_norm"])
-    return dims.pop()
 
 
-def _n_partitions(n_shards: int) -> int:
-    return max(1, math.ceil(n_shards / EXACT_PARTITION_SHARDS))
 
 
-def _scan_shard(rows: ShardedRows, folder: str, offsets: np.ndarray, n_parts: int, s: int) -> None:
-    """One scan task: check shard `s`, hash its rows (and content hashes), write them by partition."""
-    raw = rows.read(s)
-    start = int(offsets[s])
-    if raw.ndim != 2 or len(raw) != offsets[s + 1] - start:
-        raise DataError(f"embeddings: shard {s} holds {raw.shape} rows, expected {offsets[s + 1] - start}")
-    if not np.issubdtype(raw.dtype, np.floating):
-        raise DataError(f"embeddings: expected float embeddings, got dtype {raw.dtype}")
-    block = np.asarray(raw, dtype=np.float32)
-    finite = np.isfinite(block).all(axis=1)
-    if not finite.all():
-        raise DataError(f"embeddings: row {start + int(np.argmin(finite))} has NaN or infinite values")
-    norms = np.linalg.norm(block, axis=1)
-    if len(norms) and not norms.all():
-        raise DataError(f"embeddings: row {start + int(np.argmin(norms))} is all zeros (an empty or failed embedding)")
-    ids = np.arange(start, start + len(raw), dtype=np.int64)
-    out: dict[str, np.ndarray] = {}
-    _split(out, "row", row_hashes(raw) if len(raw) else np.empty(0, np.uint64), ids, n_parts)
-    hashes = rows.hashes(s)
-    if hashes is not None:
-        if len(hashes) != len(raw):
-            raise DataError(f"hashes: {len(hashes)} entries for the {len(raw)} rows of shard {s}")
-        valid = ~np.asarray(hashes.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        _split(out, "col", _value_hashes(hashes)[valid], ids[valid], n_parts)
-    atomic.write_npz(Path(folder) / f"{s:06d}.npz", out, durable=False)
-    dev = np.abs(norms - 1.0)
-    i = int(np.argmax(dev)) if len(dev) else 0
-    atomic.write_json(Path(folder) / f"{s:06d}.done", {
-        "rows": len(raw), "dim": int(raw.shape[1]), "worst_deviation": float(dev[i]) if len(dev) else 0.0,
-        "worst_row": start + i, "worst_norm": float(norms[i]) if len(norms) else 1.0})
 
 
-def _split(out: dict, kind: str, h: np.ndarray, ids: np.ndarray, n_parts: int) -> None:
-    part = (h % np.uint64(n_parts)).astype(np.int64)
-    for p in range(n_parts):
-        mine = part == p
-        out[f"{kind}_hash_{p}"] = h[mine]
-        out[f"{kind}_id_{p}"] = ids[mine]
 
 
-def _value_hashes(values: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each value's text (blake2b): equal values, equal hashes, on every machine."""
-    texts = values.cast(pa.string()).to_pylist() if not pa.types.is_binary(values.type) else values.to_pylist()
-    return np.array([int.from_bytes(hashlib.blake2b(v.encode() if isinstance(v, str) else (v or b""),
-                                                    digest_size=8).digest(), "little") for v in texts],
-                    dtype=np.uint64)
 
 
-# -- phase 2: exact ------------------------------------------------------------------------------------------
 
 
-def _exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, tasks: TaskMap) -> tuple[np.ndarray, np.ndarray]:
-    """Exact copies: (members, their representatives), sorted by member; every other row is its own."""
-    if work.done("exact"):
-        saved = np.load(work / "exact.npz")
-        return saved["members"], saved["reps"]
-    n_shards = len(offsets) - 1
-    n_parts = _n_partitions(n_shards)
-    found = tasks(_exact_partition, list(range(n_parts)), (str(work / "scan"), n_shards))
-    cand = {kind: (np.concatenate([f[kind][0] for f in found]), np.concatenate([f[kind][1] for f in found]))
-            for kind in ("row", "col")}
-    members, reps = _verified_exact(rows, work, offsets, cand, tasks)
-    atomic.write_npz(work / "exact.npz", {"members": members, "reps": reps})
-    work.mark("exact")
-    return members, reps
 
 
-def _exact_partition(folder: str, n_shards: int, p: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """One exact task: in partition `p`, (row, first row with the same hash) for rows and for content hashes."""
-    out = {}
-    for kind in ("row", "col"):
-        hs, ids = [], []
-        for s in range(n_shards):
-            with np.load(Path(folder) / f"{s:06d}.npz") as f:
-                if f"{kind}_hash_{p}" in f:
-                    hs.append(f[f"{kind}_hash_{p}"])
-                    ids.append(f[f"{kind}_id_{p}"])
-        h = np.concatenate(hs) if hs else np.empty(0, np.uint64)
-        i = np.concatenate(ids) if ids else np.empty(0, np.int64)
-        order = np.lexsort((i, h))
-        h, i = h[order], i[order]
-        same = np.zeros(len(h), dtype=bool)
-        same[1:] = h[1:] == h[:-1]
-        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(h))))
-        out[kind] = (i[same], i[run_start[same]])
-    return out
 
 
-def _verified_exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, cand: dict, tasks: TaskMap
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact-copy relation from hash candidates checked against the rows (or values); closed transitively."""
-    from sanitize.dedup.components import component_roots
-
-    pairs_a, pairs_b = [], []
-    for kind, (member, first) in cand.items():
-        if not len(member):
-            continue
-        ids = np.unique(np.concatenate([member, first]))
-        if kind == "row":
-            node_rows = write_node_rows(rows, ids, work / "exact_rows", tasks)
-            raw_m, raw_f = node_rows.raw(node_rows.local_of(member)), node_rows.raw(node_rows.local_of(first))
-            equal = (raw_m.view(np.uint8) == raw_f.view(np.uint8)).reshape(len(member), -1).all(axis=1)
-        else:
-            values = _values_at(rows, ids, offsets)
-            equal = values[np.searchsorted(ids, member)] == values[np.searchsorted(ids, first)]
-        if not equal.all():
-            # A 64-bit collision: compare each such row with every earlier row of the same hash.
-            for m in member[~equal]:
-                same = np.concatenate([first[member == m], member[(first == first[member == m][0]) & (member < m)]])
-                for other in np.sort(same):
-                    if _rows_equal(rows, kind, offsets, m, other, work, tasks):
-                        pairs_a.append(np.array([other]))
-                        pairs_b.append(np.array([m]))
-                        break
-        pairs_a.append(first[equal])
-        pairs_b.append(member[equal])
-    if not pairs_a:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    nodes, la, lb = compact_ids(np.concatenate(pairs_a), np.concatenate(pairs_b))
-    rep = nodes[component_roots(len(nodes), la, lb)]
-    copies = rep != nodes
-    return nodes[copies], rep[copies]
-
-
-def _rows_equal(rows: ShardedRows, kind: str, offsets: np.ndarray, a: int, b: int, work: _Workdir,
-                tasks: TaskMap) -> bool:
-    ids = np.array(sorted((a, b)), dtype=np.int64)
-    if kind == "col":
-        values = _values_at(rows, ids, offsets)
-        return bool(values[0] == values[1])
-    raws = [rows.read(int(np.searchsorted(offsets, i, side="right") - 1))[i - offsets[
-        int(np.searchsorted(offsets, i, side="right") - 1)]] for i in ids]
-    return raws[0].tobytes() == raws[1].tobytes()
-
-
-def _values_at(rows: ShardedRows, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Content-hash values of rows `ids` (sorted), as an object array."""
-    out = []
-    shard_of = np.searchsorted(offsets, ids, side="right") - 1
-    for s in np.unique(shard_of):
-        values = rows.hashes(int(s))
-        local = ids[shard_of == s] - offsets[s]
-        out.extend(values.take(pa.array(local)).to_pylist())
-    return np.array(out, dtype=object)
 
 
 # -- phase 3: projection and training ------------------------------------------------------------------------
@@ -485,19 +339,6 @@ def _projection(rows: ShardedRows, work: _Workdir, reps: _Distinct, dim: int, op
 # -- phases 3-5 per clustering: train, assign, pairs -----------------------------------------------------------
 
 
-def _parts(sizes: list[int], part_rows: int) -> list[tuple[int, int]]:
-    """Runs of whole shards [first, stop) of about `part_rows` rows each."""
-    parts, first, count = [], 0, 0
-    for s, size in enumerate(sizes):
-        count += size
-        if count >= part_rows:
-            parts.append((first, s + 1))
-            first, count = s + 1, 0
-    if first < len(sizes):
-        parts.append((first, len(sizes)))
-    return parts
-
-
 def _clustering(c: int, rows: ShardedRows, work: _Workdir, reps: _Distinct, members: np.ndarray, k: int,
                 projection: np.ndarray | None, parts: list[tuple[int, int]], offsets: np.ndarray,
                 options: _Options, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
@@ -526,179 +367,33 @@ def _clustering(c: int, rows: ShardedRows, work: _Workdir, reps: _Distinct, memb
         shutil.rmtree(folder / "train_sample", ignore_errors=True)
     t1 = time.perf_counter()
     todo = [p for p in range(len(parts)) if not (folder / f"part_{p:05d}.done").exists()]
-    tasks(_assign_part, todo, (rows, str(folder), parts, offsets, members, centroids, projection))
+    tasks(assign_part, todo, (rows, str(folder), parts, offsets, members, centroids, projection))
     t2 = time.perf_counter()
-    counts = np.stack([np.load(folder / f"part_{p:05d}" / "counts.npy") for p in range(len(parts))])
-    sizes = counts.sum(axis=0)
-    work_items = _pair_tasks(sizes, bucket_rows, options.block_rows)
-    found = tasks(_pair_task, work_items, (str(folder), counts, options.threshold, options.block_rows))
-    a = np.concatenate([f[0] for f in found]) if found else np.empty(0, np.int64)
-    b = np.concatenate([f[1] for f in found]) if found else np.empty(0, np.int64)
-    cos = np.concatenate([f[2] for f in found]) if found else np.empty(0, np.float64)
-    candidates = int(sum(f[3] for f in found))
-    order = np.lexsort((b, a))
-    a, b, cos = a[order], b[order], cos[order]
+    a, b, cos, candidates, largest = search_pairs(folder, len(parts), k, options.threshold, options.block_rows,
+                                                  bucket_rows, tasks)
     t3 = time.perf_counter()
     atomic.write_npz(work / f"{name}.npz", {"a": a, "b": b, "cosine": cos, "candidates": np.int64(candidates),
-                                            "largest": np.int64(sizes.max())})
+                                            "largest": np.int64(largest)})
     work.mark(name)
     shutil.rmtree(folder, ignore_errors=True)
     info = {"index": c, "seed": c_seed, "resumed": False, "candidates": candidates, "train_seconds": t1 - t0,
             "assign_seconds": t2 - t1, "pairs_seconds": t3 - t2, "seconds": t3 - t0,
-            "largest_cluster_rows": int(sizes.max())}
+            "largest_cluster_rows": largest}
     return (a, b, cos), info
 
 
-def _assign_part(rows: ShardedRows, folder: str, parts: list[tuple[int, int]], offsets: np.ndarray,
-                 members: np.ndarray, centroids: np.ndarray, projection: np.ndarray | None, p: int) -> None:
-    """One assign task: nearest centroid of the part's distinct rows; rows written sorted by cluster."""
-    first, stop = parts[p]
-    ids, raws, invs, labels = [], [], [], []
-    for s in range(first, stop):
-        raw = rows.read(s)
-        start = int(offsets[s])
-        local = np.arange(len(raw), dtype=np.int64)
-        lo, hi = np.searchsorted(members, [start, start + len(raw)])
-        distinct = np.setdiff1d(local, members[lo:hi] - start, assume_unique=True)
-        unit, inv = unit_rows(raw[distinct])
-        for i in range(0, len(unit), ASSIGN_BATCH_ROWS):
-            block = project(unit[i : i + ASSIGN_BATCH_ROWS], projection)
-            labels.append(np.argmax(block @ centroids.T, axis=1).astype(np.int32))
-        ids.append(distinct + start)
-        raws.append(raw[distinct])
-        invs.append(inv)
-    label = np.concatenate(labels) if labels else np.empty(0, np.int32)
-    order = np.argsort(label, kind="stable")
-    out = Path(folder) / f"part_{p:05d}"
-    out.mkdir(exist_ok=True)
-    atomic.write_npy(out / "ids.npy", durable=False, array=np.concatenate(ids)[order])
-    atomic.write_npy(out / "rows.npy", durable=False, array=np.concatenate(raws)[order])
-    atomic.write_npy(out / "inv_norms.npy", durable=False, array=np.concatenate(invs)[order])
-    counts = np.bincount(label, minlength=len(centroids)).astype(np.int64)
-    atomic.write_npy(out / "counts.npy", durable=False, array=counts)
-    atomic.write_json(Path(folder) / f"part_{p:05d}.done", {})
 
 
-def _pair_tasks(sizes: np.ndarray, bucket_rows: int, block_rows: int) -> list[tuple[int, int, int]]:
-    """(first cluster, stop cluster, first block row) tasks: runs of clusters of <= bucket_rows rows in all
-    (block row -1: every block row), or one block row of a cluster larger than that."""
-    items, first, total = [], 0, 0
-    for q, size in enumerate(sizes.tolist()):
-        if size > bucket_rows:
-            if q > first:
-                items.append((first, q, -1))
-            items.extend((q, q + 1, i0) for i0 in range(0, size, block_rows))
-            first, total = q + 1, 0
-            continue
-        if total + size > bucket_rows and q > first:
-            items.append((first, q, -1))
-            first, total = q, 0
-        total += size
-    if first < len(sizes):
-        items.append((first, len(sizes), -1))
-    return [item for item in items if sizes[item[0] : item[1]].sum() >= 2]
 
 
-def _pair_task(folder: str, counts: np.ndarray, threshold: float, block_rows: int, item: tuple[int, int, int]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """One pair-search task: confirmed pairs (a, b, cosine) and the candidate count of its clusters."""
-    q0, q1, i0 = item
-    cut = threshold - CANDIDATE_MARGIN
-    found_a, found_b, n_candidates = [np.empty(0, np.int64)], [np.empty(0, np.int64)], 0
-    if i0 < 0:
-        ids, unit = _read_clusters(folder, counts, q0, q1)
-        bounds = np.concatenate([[0], np.cumsum(counts[:, q0:q1].sum(axis=0))])
-        for j in range(q1 - q0):
-            lo, hi = int(bounds[j]), int(bounds[j + 1])
-            for start in range(0, hi - lo, block_rows):
-                la, lb = _block_row_hits(unit[lo:hi], start, cut, block_rows)
-                found_a.append(la + lo)
-                found_b.append(lb + lo)
-        la, lb = np.concatenate(found_a), np.concatenate(found_b)
-        n_candidates = len(la)
-        cos = np.einsum("ij,ij->i", unit[la].astype(np.float64), unit[lb].astype(np.float64))
-        keep = cos >= threshold
-        return ids[la[keep]], ids[lb[keep]], cos[keep], n_candidates
-    # One block row of a cluster too large for a bucket: its block, then each later block, read in turn.
-    size = int(counts[:, q0].sum())
-    ids_i, xi = _read_cluster_range(folder, counts, q0, i0, min(size, i0 + block_rows))
-    out_a, out_b, out_cos = [], [], []
-    for j0 in range(i0, size, block_rows):
-        ids_j, xj = (ids_i, xi) if j0 == i0 else _read_cluster_range(folder, counts, q0, j0,
-                                                                        min(size, j0 + block_rows))
-        flat = np.flatnonzero(xi @ xj.T >= cut)
-        li, lj = np.divmod(flat, len(ids_j))
-        if j0 == i0:
-            upper = li < lj
-            li, lj = li[upper], lj[upper]
-        n_candidates += len(li)
-        cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
-        keep = cos >= threshold
-        out_a.append(ids_i[li[keep]])
-        out_b.append(ids_j[lj[keep]])
-        out_cos.append(cos[keep])
-    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_cos), n_candidates
 
 
-def _block_row_hits(x: np.ndarray, i0: int, cut: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (i < j) in block row i0 of `x` (one cluster's rows) whose product is >= cut."""
-    xi = x[i0 : i0 + block_rows]
-    found_a, found_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    for j0 in range(i0, len(x), block_rows):
-        xj = xi if j0 == i0 else x[j0 : j0 + block_rows]
-        flat = np.flatnonzero(xi @ xj.T >= cut)
-        li, lj = np.divmod(flat, len(xj))
-        if j0 == i0:
-            upper = li < lj
-            li, lj = li[upper], lj[upper]
-        found_a.append(li + i0)
-        found_b.append(lj + j0)
-    return np.concatenate(found_a), np.concatenate(found_b)
 
 
-def _read_clusters(folder: str, counts: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and unit rows of clusters q0..q1-1 from every part, grouped by cluster, ascending ids within one."""
-    ends = np.cumsum(counts, axis=1)
-    starts = ends - counts
-    ids, raws, invs, labels = [], [], [], []
-    for p in range(len(counts)):
-        lo, hi = int(starts[p, q0]), int(ends[p, q1 - 1])
-        if hi > lo:
-            i, r, v = _part_slice(folder, p, lo, hi)
-            ids.append(i)
-            raws.append(r)
-            invs.append(v)
-            labels.append(np.repeat(np.arange(q0, q1), counts[p, q0:q1]))
-    order = np.argsort(np.concatenate(labels), kind="stable")  # parts in id order, so ids ascend per cluster
-    unit = np.asarray(np.concatenate(raws)[order], dtype=np.float32) * np.concatenate(invs)[order][:, None]
-    return np.concatenate(ids)[order], np.ascontiguousarray(unit)
 
 
-def _read_cluster_range(folder: str, counts: np.ndarray, q: int, first: int, stop: int
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and unit rows at positions first..stop-1 of cluster q (its rows in ascending id order)."""
-    ends = np.cumsum(counts, axis=1)
-    starts = ends - counts
-    before = np.concatenate([[0], np.cumsum(counts[:, q])])  # position of each part's first row of cluster q
-    ids, units = [], []
-    for p in range(len(counts)):
-        lo, hi = max(first, int(before[p])), min(stop, int(before[p + 1]))
-        if hi > lo:
-            base = int(starts[p, q]) - int(before[p])
-            i, r, v = _part_slice(folder, p, base + lo, base + hi)
-            ids.append(i)
-            units.append(np.asarray(r, dtype=np.float32) * v[:, None])
-    return np.concatenate(ids), np.ascontiguousarray(np.concatenate(units))
 
 
-def _part_slice(folder: str, p: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows lo..hi-1 of part p's files (ids, raw rows, inverse norms), copied out of a short-lived map."""
-    out = []
-    for name in ("ids", "rows", "inv_norms"):
-        x = np.load(Path(folder) / f"part_{p:05d}" / f"{name}.npy", mmap_mode="r")
-        out.append(np.array(x[lo:hi]))
-        del x
-    return out[0], out[1], out[2]
 
 
 # -- phase 6: union and groups -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ the rows read do not stay in the process's memory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +31,10 @@ class ShardedRows:
         """Rows per shard, from metadata (no embedding is read)."""
         raise NotImplementedError
 
+    def fingerprint(self) -> str:
+        """A short string that changes when the rows or side values change (files: paths, sizes, times)."""
+        raise NotImplementedError
+
     def read(self, shard: int) -> np.ndarray:
         """Shard `shard`'s rows as stored: (rows, d) float array."""
         raise NotImplementedError
@@ -42,6 +47,10 @@ class ShardedRows:
         """Shard `shard`'s keep-by values (numbers, one per row), or None."""
         return None
 
+    def uids(self, shard: int) -> pa.Array | None:
+        """Shard `shard`'s uids (checked to be unique across shards), or None when rows have only their ids."""
+        return None
+
 
 class ArrayShards(ShardedRows):
     """An (n, d) array or memmap cut into shards of `shard_rows` rows, with optional whole-array side values.
@@ -50,19 +59,27 @@ class ArrayShards(ShardedRows):
     """
 
     def __init__(self, x: np.ndarray, shard_rows: int, *, hashes: Sequence | pa.Array | None = None,
-                 keep_values: np.ndarray | None = None) -> None:
+                 keep_values: np.ndarray | None = None, uids: Sequence[str] | None = None) -> None:
         self.x = x
         self.shard_rows = int(shard_rows)
         self._hashes = None if hashes is None else (
             hashes if isinstance(hashes, (pa.Array, pa.ChunkedArray)) else pa.array(list(hashes)))
         self._keep_values = None if keep_values is None else np.asarray(keep_values)
-        for name, side in (("hashes", self._hashes), ("keep_values", self._keep_values)):
+        self._uids = None if uids is None else pa.array(list(uids), pa.string())
+        for name, side in (("hashes", self._hashes), ("keep_values", self._keep_values), ("uids", self._uids)):
             if side is not None and len(side) != len(x):
                 raise DataError(f"{name}: {len(side)} entries for {len(x)} embedding rows")
 
     def shard_sizes(self) -> list[int]:
         n = int(self.x.shape[0])
         return [min(self.shard_rows, n - start) for start in range(0, n, self.shard_rows)] or [0]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(self.x).tobytes())
+        for side in (self._hashes, self._uids):
+            h.update(repr(None if side is None else side.to_pylist()).encode())
+        h.update(b"" if self._keep_values is None else np.ascontiguousarray(self._keep_values).tobytes())
+        return h.hexdigest()
 
     def read(self, shard: int) -> np.ndarray:
         start = shard * self.shard_rows
@@ -80,6 +97,12 @@ class ArrayShards(ShardedRows):
         start = shard * self.shard_rows
         return self._keep_values[start : start + self.shard_rows]
 
+    def uids(self, shard: int) -> pa.Array | None:
+        if self._uids is None:
+            return None
+        start = shard * self.shard_rows
+        return self._uids.slice(start, min(self.shard_rows, len(self._uids) - start))
+
 
 class NpyShards(ShardedRows):
     """One `.npy` file of (n, d) floats read as shards of `shard_rows` rows; pickles as its path.
@@ -95,12 +118,24 @@ class NpyShards(ShardedRows):
     def shard_sizes(self) -> list[int]:
         return [min(self.shard_rows, self._n - start) for start in range(0, self._n, self.shard_rows)] or [0]
 
+    def fingerprint(self) -> str:
+        return file_fingerprint([self.path])
+
     def read(self, shard: int) -> np.ndarray:
         x = np.load(self.path, mmap_mode="r")
         start = shard * self.shard_rows
         block = np.array(x[start : start + self.shard_rows])
         del x
         return block
+
+
+def file_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
+    """sha256 of each file's path, size and modification time: a changed or replaced file changes it."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = os.stat(path)
+        h.update(f"{os.fspath(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def unit_rows(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,35 @@ class EmbeddingSource:
         if rows == 0:
             raise DataError(f"{self.path}: no embeddings (every shard has 0 rows)")
 
-    def read_shard(self, index: int) -> EmbeddingShard:
+    def part_number(self, index: int) -> int:
+        """The shard number in part `index`'s file name (a run's shard index), or `index` when it has none."""
+        return self._parts[index].get("number", index)
+
+    def part_rows(self, index: int) -> int:
+        """Rows of part `index`, from its .npy header or parquet metadata (no embedding is read)."""
+        part = self._parts[index]
+        if "img" in part:
+            with reading(part["img"], ".npy file", also=_NPY_HEADER_ERRORS):
+                return int(_npy_header(part["img"])[0][0])
+        with reading(part["path"], "parquet file"):
+            return read_parquet_rows(part["path"])
+
+    def read_uids(self, index: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The uids of rows start..stop-1 of part `index` (object array of str), without reading embeddings."""
+        part = self._parts[index]
+        if self.kind == "npy":
+            stop = self.part_rows(index) if stop is None else stop
+            return np.arange(start, stop).astype(str).astype(object)
+        if self.kind == "clip-retrieval":
+            meta = read_parquet(part["meta"])
+            canonical = canonical_table(meta, PRESETS["clip-retrieval"], path=part["meta"], shard=index)
+            uids = np.asarray(canonical.column("uid").to_pylist(), dtype=object)
+        else:
+            uids = _parquet_uids(part["path"], self.id_col)
+        return uids[start:stop]
+
+    def read_shard(self, index: int, start: int = 0, stop: int | None = None) -> EmbeddingShard:
+        """Part `index`, validated; `start`/`stop` read only those rows (a slice of a memory-mapped .npy)."""
         part = self._parts[index]
         if self.kind == "clip-retrieval":
             shard = _read_clip_retrieval_part(index, part)
@@ -100,6 +128,8 @@ class EmbeddingSource:
             shard = EmbeddingShard(index, str(part["img"]), np.arange(len(x)).astype(str), x)
         else:
             shard = _read_parquet_part(index, part["path"], self.embedding_col, self.id_col)
+        if start or stop is not None:
+            shard = _rows_of(shard, start, stop)
         if self.dim is None:
             self.dim = shard.img_emb.shape[1]
         elif shard.img_emb.shape[1] != self.dim:
@@ -223,7 +253,7 @@ def _clip_retrieval_parts(folder: Path) -> list[dict]:
         n = _shard_number(img)
         if n not in metas:
             raise DataError(f"{img}: no matching metadata/metadata_{n}.parquet")
-        parts.append({"img": img, "meta": metas[n], "text": texts.get(n)})
+        parts.append({"img": img, "meta": metas[n], "text": texts.get(n), "number": n})
     return parts
 
 
@@ -241,6 +271,30 @@ def _read_clip_retrieval_part(index: int, part: dict) -> EmbeddingShard:
     uids = np.asarray(canonical.column("uid").to_pylist(), dtype=object)
     _check_unique(uids, part["meta"])
     return EmbeddingShard(index, str(part["img"]), uids, x, text, meta)
+
+
+def _rows_of(shard: EmbeddingShard, start: int, stop: int | None) -> EmbeddingShard:
+    """Rows start..stop-1 of a shard (views of memory-mapped arrays; nothing else is read)."""
+    return EmbeddingShard(shard.index, shard.source, shard.uids[start:stop], shard.img_emb[start:stop],
+                          None if shard.text_emb is None else shard.text_emb[start:stop],
+                          None if shard.metadata is None else shard.metadata.slice(
+                              start, (shard.metadata.num_rows if stop is None else stop) - start))
+
+
+def read_parquet_rows(path: Path) -> int:
+    """Rows of a parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _parquet_uids(path: Path, id_col: str | None) -> np.ndarray:
+    names = read_schema(path).names
+    id_name = id_col or next((c for c in ("uid", "key", "id") if c in names), None)
+    if not id_name:
+        return np.arange(read_parquet_rows(path)).astype(str).astype(object)
+    table = read_parquet(path, columns=[id_name])
+    return np.asarray(uid_column(table, id_name, path=path).to_pylist(), dtype=object)
 
 
 def _read_parquet_part(index: int, path: Path, col: str, id_col: str | None) -> EmbeddingShard:

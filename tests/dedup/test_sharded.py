@@ -93,3 +93,13 @@ def test_rows_table_defaults(tmp_path):
     assert table.num_rows == 200 and table["keep"].to_pylist() == [True] * 200
     assert table.schema == pa.schema([("group_id", pa.int64()), ("keep", pa.bool_()),
                                       ("duplicate_of", pa.int64()), ("cosine_to_kept", pa.float32())])
+
+
+def test_repeated_uid_across_shards_is_named(tmp_path):
+    x = np.random.default_rng(2).normal(size=(300, 8)).astype(np.float32)
+    uids = [f"u{i}" for i in range(300)]
+    uids[250] = "u3"
+    with pytest.raises(DataError, match=r"uid 'u3' is on rows 3 and 250"):
+        find_duplicates_sharded(ArrayShards(x, 100, uids=uids), tmp_path / "w", n_clusters=2)
+    uids[250] = "u250"
+    find_duplicates_sharded(ArrayShards(x, 100, uids=uids), tmp_path / "w", n_clusters=2, recall_sample=0)

@@ -1,0 +1,176 @@
+"""Out-of-core dedup at corpus scale: wall time, pair recall and peak memory from 1M to 10M rows.
+
+    python benchmarks/dedup_scale.py [--sizes 1000000,2000000,5000000,10000000] [--threshold 0.95]
+                                     [--shard-rows 100000] [--workdir DIR] [--in-memory-limit 1000000]
+
+For each size, CLIP-like float16 rows (d=512, planted near-duplicates; `sanitize.testing.synthetic.clip_like`,
+as benchmarks/dedup.py makes them) are written to DIR/x_N.npy once (reused by later runs), then deduplicated by
+`find_duplicates_sharded` (default options: 5 clusterings, default clusters, recall sample 1000) reading them as
+shards of --shard-rows rows, in a child process run under `/usr/bin/time -v`: wall seconds, peak RSS as time
+reports it, phase seconds from the result, the recall the run reports about itself, and the recall of the planted
+pairs whose cosine is at or above the threshold. Sizes up to --in-memory-limit also run the in-memory
+`find_duplicates` on the same file for comparison (same pairs expected). Prints a markdown table and writes
+benchmarks/results/dedup_scale.json with the machine's details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sanitize.io.atomic import write_json  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "dedup_scale.json"
+DIM = 512
+DATA_SEED = 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,2000000,5000000,10000000")
+    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--shard-rows", type=int, default=100_000)
+    parser.add_argument("--workdir", default="/tmp/dedup_scale", help="generated data and phase files")
+    parser.add_argument("--in-memory-limit", type=int, default=1_000_000)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(json.loads(args.child))
+        return
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        path, planted = _data(work, n)
+        for mode in ("sharded", "memory") if n <= args.in_memory_limit else ("sharded",):
+            run = _run_child(mode, path, work, n, args)
+            found = np.load(run.pop("pairs"))
+            true = planted["cosine"] >= args.threshold
+            keys = set(zip(found["a"].tolist(), found["b"].tolist(), strict=True))
+            hit = [(a, b) in keys for a, b in zip(planted["a"][true].tolist(), planted["b"][true].tolist(),
+                                                             strict=True)]
+            run["planted_pairs"] = len(hit)
+            run["planted_pair_recall"] = float(np.mean(hit)) if hit else None
+            runs.append(run)
+            print(_row(run), flush=True)
+    result = {"machine": _machine(), "threshold": args.threshold, "shard_rows": args.shard_rows, "runs": runs}
+    write_json(RESULTS, result)
+    print(_markdown(result))
+    print(f"\nwritten {RESULTS}")
+
+
+def _data(work: Path, n: int) -> tuple[Path, dict]:
+    """x_N.npy (float16, made once) and its planted pairs with their cosines."""
+    from sanitize.testing.synthetic import clip_like
+
+    path = work / f"x_{n}.npy"
+    planted_path = work / f"planted_{n}.npz"
+    if not (path.exists() and planted_path.exists()):
+        t0 = time.perf_counter()
+        tmp = work / f".x_{n}.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, DIM))
+        data = clip_like(n, DIM, seed=DATA_SEED, out=out)
+        out.flush()
+        a, b = data.planted_pairs()
+        cos = _cosines(out, a, b)
+        del out, data
+        os.replace(tmp, path)
+        np.savez(planted_path, a=a, b=b, cosine=cos)
+        print(f"n={n}: generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    planted = dict(np.load(planted_path))
+    return path, planted
+
+
+def _run_child(mode: str, path: Path, work: Path, n: int, args) -> dict:
+    out = work / f"run_{mode}_{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    spec = {"mode": mode, "path": str(path), "out": str(out), "threshold": args.threshold,
+            "shard_rows": args.shard_rows}
+    cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--child", json.dumps(spec)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed ({mode}, n={n}):\n{proc.stderr[-4000:]}")
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    child = json.loads((out / "result.json").read_text())
+    return {"mode": mode, "rows": n, "wall_seconds": round(wall, 1), "peak_rss_gib": round(rss_kib / 2**20, 3),
+            "pairs": str(out / "pairs.npz"), **child}
+
+
+def _child(spec: dict) -> None:
+    """Deduplicate spec['path'] and write pairs.npz, result.json (stats) under spec['out']."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(spec["out"])
+    t0 = time.perf_counter()
+    if spec["mode"] == "sharded":
+        from sanitize.dedup.sharded import find_duplicates_sharded
+        from sanitize.dedup.shards import NpyShards
+
+        result = find_duplicates_sharded(NpyShards(spec["path"], spec["shard_rows"]), out / "work",
+                                         threshold=spec["threshold"])
+        shutil.rmtree(out / "work")
+    else:
+        from sanitize.dedup import find_duplicates
+
+        result = find_duplicates(np.load(spec["path"], mmap_mode="r"), threshold=spec["threshold"])
+    seconds = time.perf_counter() - t0
+    a, b, cos = (result.pairs[c].to_numpy() for c in ("a", "b", "cosine"))
+    np.savez(out / "pairs.npz", a=a, b=b)
+    stats = result.stats
+    write_json(out / "result.json", {
+        "seconds": round(seconds, 1), "phase_seconds": {k: round(v, 1) for k, v in stats["seconds"].items()},
+        "found_pairs": len(a), "removed": stats["removed"], "n_clusters": stats["n_clusters"],
+        "self_reported_recall": stats["recall"],
+        "cosine_min": float(cos.min()) if len(cos) else None})
+
+
+def _cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, batch: int = 65536) -> np.ndarray:
+    """Cosine of each pair of rows of `x`, in float64, a batch at a time."""
+    out = np.empty(len(a))
+    for i in range(0, len(a), batch):
+        xa = np.asarray(x[a[i : i + batch]], dtype=np.float64)
+        xb = np.asarray(x[b[i : i + batch]], dtype=np.float64)
+        out[i : i + batch] = np.einsum("ij,ij->i", xa, xb) / (np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1))
+    return out
+
+
+def _machine() -> dict:
+    import faiss
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "faiss": faiss.__version__, "load_average_at_end": list(os.getloadavg())}
+
+
+def _row(run: dict) -> str:
+    recall = run["self_reported_recall"] or {}
+    phases = run["phase_seconds"]
+    return (f"| {run['rows']:,} | {run['mode']} | {run['wall_seconds']:.0f} | {run['peak_rss_gib']:.2f} | "
+            f"{run['planted_pair_recall']:.4f} | {recall.get('recall') or float('nan'):.4f} | "
+            f"{phases.get('assign', 0):.0f} | {phases.get('pairs', 0):.0f} | {phases.get('recall', 0):.0f} |")
+
+
+def _markdown(result: dict) -> str:
+    head = ("| rows | mode | wall s | peak RSS GiB | planted-pair recall | self-reported recall | assign s | "
+            "pairs s | recall s |\n|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([head, *(_row(r) for r in result["runs"])])
+
+
+if __name__ == "__main__":
+    main()

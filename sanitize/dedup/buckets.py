@@ -1,0 +1,207 @@
+"""Phases 4 and 5 of the out-of-core dedup, for one clustering: assign rows to clusters, then search each cluster.
+
+An assign task takes a part (a run of whole shards, ~`PART_ROWS` rows), finds each distinct row's nearest centroid
+and writes the part's rows sorted by cluster, with counts per cluster. Rows of one cluster are thus contiguous in
+every part file, and ascending by row id across parts in part order, which is the order the in-memory search uses.
+A pair task reads a bucket of whole clusters (at most `bucket_rows` rows in all) from every part and searches each
+cluster in `block_rows` blocks; a cluster larger than a bucket is split into one task per block row, each reading
+its blocks in turn. Candidates are confirmed by exact cosine in the task, so only pairs come back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sanitize.dedup.clustering import ASSIGN_BATCH_ROWS, project
+from sanitize.dedup.pairs import CANDIDATE_MARGIN
+from sanitize.dedup.parallel import TaskMap
+from sanitize.dedup.shards import ShardedRows, unit_rows
+from sanitize.io import atomic
+
+PART_ROWS = 131072  # rows per assign task (and per part file): ~128 MB of float16 512-d rows
+BUCKET_ROWS = 131072  # rows per pair-search task; a larger cluster is searched one block row per task
+
+
+def split_parts(sizes: list[int], part_rows: int) -> list[tuple[int, int]]:
+    """Runs of whole shards [first, stop) of about `part_rows` rows each."""
+    parts, first, count = [], 0, 0
+    for s, size in enumerate(sizes):
+        count += size
+        if count >= part_rows:
+            parts.append((first, s + 1))
+            first, count = s + 1, 0
+    if first < len(sizes):
+        parts.append((first, len(sizes)))
+    return parts
+
+
+def assign_part(rows: ShardedRows, folder: str, parts: list[tuple[int, int]], offsets: np.ndarray,
+                 members: np.ndarray, centroids: np.ndarray, projection: np.ndarray | None, p: int) -> None:
+    """One assign task: nearest centroid of the part's distinct rows; rows written sorted by cluster."""
+    first, stop = parts[p]
+    ids, raws, invs, labels = [], [], [], []
+    for s in range(first, stop):
+        raw = rows.read(s)
+        start = int(offsets[s])
+        local = np.arange(len(raw), dtype=np.int64)
+        lo, hi = np.searchsorted(members, [start, start + len(raw)])
+        distinct = np.setdiff1d(local, members[lo:hi] - start, assume_unique=True)
+        unit, inv = unit_rows(raw[distinct])
+        for i in range(0, len(unit), ASSIGN_BATCH_ROWS):
+            block = project(unit[i : i + ASSIGN_BATCH_ROWS], projection)
+            labels.append(np.argmax(block @ centroids.T, axis=1).astype(np.int32))
+        ids.append(distinct + start)
+        raws.append(raw[distinct])
+        invs.append(inv)
+    label = np.concatenate(labels) if labels else np.empty(0, np.int32)
+    order = np.argsort(label, kind="stable")
+    out = Path(folder) / f"part_{p:05d}"
+    out.mkdir(exist_ok=True)
+    atomic.write_npy(out / "ids.npy", durable=False, array=np.concatenate(ids)[order])
+    atomic.write_npy(out / "rows.npy", durable=False, array=np.concatenate(raws)[order])
+    atomic.write_npy(out / "inv_norms.npy", durable=False, array=np.concatenate(invs)[order])
+    counts = np.bincount(label, minlength=len(centroids)).astype(np.int64)
+    atomic.write_npy(out / "counts.npy", durable=False, array=counts)
+    atomic.write_json(Path(folder) / f"part_{p:05d}.done", {})
+
+
+def _pair_tasks(sizes: np.ndarray, bucket_rows: int, block_rows: int) -> list[tuple[int, int, int]]:
+    """(first cluster, stop cluster, first block row) tasks: runs of clusters of <= bucket_rows rows in all
+    (block row -1: every block row), or one block row of a cluster larger than that."""
+    items, first, total = [], 0, 0
+    for q, size in enumerate(sizes.tolist()):
+        if size > bucket_rows:
+            if q > first:
+                items.append((first, q, -1))
+            items.extend((q, q + 1, i0) for i0 in range(0, size, block_rows))
+            first, total = q + 1, 0
+            continue
+        if total + size > bucket_rows and q > first:
+            items.append((first, q, -1))
+            first, total = q, 0
+        total += size
+    if first < len(sizes):
+        items.append((first, len(sizes), -1))
+    return [item for item in items if sizes[item[0] : item[1]].sum() >= 2]
+
+
+def _pair_task(folder: str, counts: np.ndarray, threshold: float, block_rows: int, item: tuple[int, int, int]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One pair-search task: confirmed pairs (a, b, cosine) and the candidate count of its clusters."""
+    q0, q1, i0 = item
+    cut = threshold - CANDIDATE_MARGIN
+    found_a, found_b, n_candidates = [np.empty(0, np.int64)], [np.empty(0, np.int64)], 0
+    if i0 < 0:
+        ids, unit = _read_clusters(folder, counts, q0, q1)
+        bounds = np.concatenate([[0], np.cumsum(counts[:, q0:q1].sum(axis=0))])
+        for j in range(q1 - q0):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            for start in range(0, hi - lo, block_rows):
+                la, lb = _block_row_hits(unit[lo:hi], start, cut, block_rows)
+                found_a.append(la + lo)
+                found_b.append(lb + lo)
+        la, lb = np.concatenate(found_a), np.concatenate(found_b)
+        n_candidates = len(la)
+        cos = np.einsum("ij,ij->i", unit[la].astype(np.float64), unit[lb].astype(np.float64))
+        keep = cos >= threshold
+        return ids[la[keep]], ids[lb[keep]], cos[keep], n_candidates
+    # One block row of a cluster too large for a bucket: its block, then each later block, read in turn.
+    size = int(counts[:, q0].sum())
+    ids_i, xi = _read_cluster_range(folder, counts, q0, i0, min(size, i0 + block_rows))
+    out_a, out_b, out_cos = [], [], []
+    for j0 in range(i0, size, block_rows):
+        ids_j, xj = (ids_i, xi) if j0 == i0 else _read_cluster_range(folder, counts, q0, j0,
+                                                                        min(size, j0 + block_rows))
+        flat = np.flatnonzero(xi @ xj.T >= cut)
+        li, lj = np.divmod(flat, len(ids_j))
+        if j0 == i0:
+            upper = li < lj
+            li, lj = li[upper], lj[upper]
+        n_candidates += len(li)
+        cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
+        keep = cos >= threshold
+        out_a.append(ids_i[li[keep]])
+        out_b.append(ids_j[lj[keep]])
+        out_cos.append(cos[keep])
+    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_cos), n_candidates
+
+
+def _block_row_hits(x: np.ndarray, i0: int, cut: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (i < j) in block row i0 of `x` (one cluster's rows) whose product is >= cut."""
+    xi = x[i0 : i0 + block_rows]
+    found_a, found_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for j0 in range(i0, len(x), block_rows):
+        xj = xi if j0 == i0 else x[j0 : j0 + block_rows]
+        flat = np.flatnonzero(xi @ xj.T >= cut)
+        li, lj = np.divmod(flat, len(xj))
+        if j0 == i0:
+            upper = li < lj
+            li, lj = li[upper], lj[upper]
+        found_a.append(li + i0)
+        found_b.append(lj + j0)
+    return np.concatenate(found_a), np.concatenate(found_b)
+
+
+def _read_clusters(folder: str, counts: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and unit rows of clusters q0..q1-1 from every part, grouped by cluster, ascending ids within one."""
+    ends = np.cumsum(counts, axis=1)
+    starts = ends - counts
+    ids, raws, invs, labels = [], [], [], []
+    for p in range(len(counts)):
+        lo, hi = int(starts[p, q0]), int(ends[p, q1 - 1])
+        if hi > lo:
+            i, r, v = _part_slice(folder, p, lo, hi)
+            ids.append(i)
+            raws.append(r)
+            invs.append(v)
+            labels.append(np.repeat(np.arange(q0, q1), counts[p, q0:q1]))
+    order = np.argsort(np.concatenate(labels), kind="stable")  # parts in id order, so ids ascend per cluster
+    unit = np.asarray(np.concatenate(raws)[order], dtype=np.float32) * np.concatenate(invs)[order][:, None]
+    return np.concatenate(ids)[order], np.ascontiguousarray(unit)
+
+
+def _read_cluster_range(folder: str, counts: np.ndarray, q: int, first: int, stop: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and unit rows at positions first..stop-1 of cluster q (its rows in ascending id order)."""
+    ends = np.cumsum(counts, axis=1)
+    starts = ends - counts
+    before = np.concatenate([[0], np.cumsum(counts[:, q])])  # position of each part's first row of cluster q
+    ids, units = [], []
+    for p in range(len(counts)):
+        lo, hi = max(first, int(before[p])), min(stop, int(before[p + 1]))
+        if hi > lo:
+            base = int(starts[p, q]) - int(before[p])
+            i, r, v = _part_slice(folder, p, base + lo, base + hi)
+            ids.append(i)
+            units.append(np.asarray(r, dtype=np.float32) * v[:, None])
+    return np.concatenate(ids), np.ascontiguousarray(np.concatenate(units))
+
+
+def _part_slice(folder: str, p: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows lo..hi-1 of part p's files (ids, raw rows, inverse norms), copied out of a short-lived map."""
+    out = []
+    for name in ("ids", "rows", "inv_norms"):
+        x = np.load(Path(folder) / f"part_{p:05d}" / f"{name}.npy", mmap_mode="r")
+        out.append(np.array(x[lo:hi]))
+        del x
+    return out[0], out[1], out[2]
+
+
+def search_pairs(folder: Path, n_parts: int, n_clusters: int, threshold: float, block_rows: int, bucket_rows: int,
+                 tasks: TaskMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Every pair with cosine >= threshold inside a cluster, from the part files in `folder`.
+
+    Returns (a, b, cosine, candidates, largest cluster's rows), the pairs sorted by (a, b).
+    """
+    counts = np.stack([np.load(folder / f"part_{p:05d}" / "counts.npy") for p in range(n_parts)]) if n_parts \
+        else np.zeros((0, n_clusters), np.int64)
+    sizes = counts.sum(axis=0)
+    found = tasks(_pair_task, _pair_tasks(sizes, bucket_rows, block_rows), (str(folder), counts, threshold,
+                                                                             block_rows))
+    a = np.concatenate([np.empty(0, np.int64)] + [f[0] for f in found])
+    b = np.concatenate([np.empty(0, np.int64)] + [f[1] for f in found])
+    cos = np.concatenate([np.empty(0, np.float64)] + [f[2] for f in found])
+    order = np.lexsort((b, a))
+    return a[order], b[order], cos[order], int(sum(f[3] for f in found)), int(sizes.max(initial=0))
