@@ -21,11 +21,14 @@ from sanitize.dedup.shards import ShardedRows, unit_rows
 from sanitize.io import atomic
 
 PART_ROWS = 131072  # rows per assign task (and per part file): ~128 MB of float16 512-d rows
+MIN_PARTS = 8
 BUCKET_ROWS = 131072  # rows per pair-search task; a larger cluster is searched one block row per task
 
 
 def split_parts(sizes: list[int], part_rows: int) -> list[tuple[int, int]]:
-    """Runs of whole shards [first, stop) of about `part_rows` rows each."""
+    """Runs of whole shards [first, stop) of about `part_rows` rows each, and at least `MIN_PARTS` runs when there
+    are that many shards (so every core has work on a small source). Depends only on the sizes."""
+    part_rows = max(1, min(part_rows, -(-sum(sizes) // MIN_PARTS)))
     parts, first, count = [], 0, 0
     for s, size in enumerate(sizes):
         count += size

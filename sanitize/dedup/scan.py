@@ -23,7 +23,7 @@ import pyarrow as pa
 from sanitize.dedup.components import compact_ids, component_roots
 from sanitize.dedup.exact import row_hashes
 from sanitize.dedup.parallel import TaskMap
-from sanitize.dedup.shards import ShardedRows, write_node_rows
+from sanitize.dedup.shards import ShardedRows, where, write_node_rows
 from sanitize.dedup.vectors import NORM_TOLERANCE
 from sanitize.errors import DataError
 from sanitize.io import atomic
@@ -44,17 +44,18 @@ def scan_shards(rows: ShardedRows, folder: Path, offsets: np.ndarray, require_no
     todo = [s for s in range(n_shards) if not (folder / f"{s:06d}.done").exists()]
     tasks(_scan_shard, todo, (rows, str(folder), offsets, n_parts))
     found = [json.loads((folder / f"{s:06d}.done").read_text()) for s in range(n_shards)]
-    dims = {f["dim"] for f in found if f["rows"]}
-    if len(dims) > 1:
-        raise DataError(f"embeddings: shards have different dimensions {sorted(dims)}")
+    dims = [f["dim"] for f in found if f["rows"]]
+    for s, f in enumerate(found):
+        if f["rows"] and f["dim"] != dims[0]:
+            raise DataError(f"{rows.name(s)}: embedding dimension {f['dim']} differs from {dims[0]} in the first shard")
     worst = max(found, key=lambda f: f["worst_deviation"])
     if worst["worst_deviation"] > NORM_TOLERANCE:
         if require_normalized:
-            raise DataError(f"embeddings: rows are not unit length (row {worst['worst_row']} has norm "
+            raise DataError(f"rows are not unit length ({where(rows, offsets, worst['worst_row'])} has norm "
                             f"{worst['worst_norm']:.4g}); normalise them or allow normalisation")
-        logger.warning("embeddings: rows are not unit length (row %d has norm %.4g); normalising them for the search",
-                       worst["worst_row"], worst["worst_norm"])
-    return dims.pop()
+        logger.warning("rows are not unit length (%s has norm %.4g); normalising them for the search",
+                       where(rows, offsets, worst["worst_row"]), worst["worst_norm"])
+    return dims[0]
 
 
 def _n_partitions(n_shards: int) -> int:
@@ -72,10 +73,10 @@ def _scan_shard(rows: ShardedRows, folder: str, offsets: np.ndarray, n_parts: in
     block = np.asarray(raw, dtype=np.float32)
     finite = np.isfinite(block).all(axis=1)
     if not finite.all():
-        raise DataError(f"embeddings: row {start + int(np.argmin(finite))} has NaN or infinite values")
+        raise DataError(f"{rows.name(s)}: row {int(np.argmin(finite))} has NaN or infinite values")
     norms = np.linalg.norm(block, axis=1)
     if len(norms) and not norms.all():
-        raise DataError(f"embeddings: row {start + int(np.argmin(norms))} is all zeros (an empty or failed embedding)")
+        raise DataError(f"{rows.name(s)}: row {int(np.argmin(norms))} is all zeros (an empty or failed embedding)")
     ids = np.arange(start, start + len(raw), dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     _split(out, "row", row_hashes(raw) if len(raw) else np.empty(0, np.uint64), ids, n_parts)
@@ -214,5 +215,5 @@ def _check_unique_uids(rows: ShardedRows, offsets: np.ndarray, member: np.ndarra
     same = values[np.searchsorted(ids, member)] == values[np.searchsorted(ids, first)]
     if same.any():
         i = int(np.argmax(same))
-        raise DataError(f"uid {values[np.searchsorted(ids, member[i])]!r} is on rows {first[i]} and {member[i]}; "
-                        "deduplication needs one uid per row")
+        raise DataError(f"uid {values[np.searchsorted(ids, member[i])]!r} is on {where(rows, offsets, first[i])} and "
+                        f"{where(rows, offsets, member[i])}; deduplication needs one uid per row")

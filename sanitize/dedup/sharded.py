@@ -164,13 +164,13 @@ def find_duplicates_sharded(
                                      "n_clusterings": n_clusterings, "n_clusters": n_clusters, "seed": seed,
                                      "max_points_per_centroid": max_points_per_centroid,
                                      "kmeans_iterations": kmeans_iterations, "clustering_dims": clustering_dims,
-                                     "recall_sample": recall_sample, "block_rows": block_rows,
+                                     "recall_sample": recall_sample, "block_rows": block_rows, "part_rows": part_rows,
                                      "require_normalized": require_normalized})
 
     dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     clock.lap("check")
+    members, member_reps = _exact(rows, work, offsets, tasks)  # raises first when uids repeat
     report("check", 1, 1)
-    members, member_reps = _exact(rows, work, offsets, tasks)
     reps = _Distinct(n, members)
     if n > 1 and len(reps) == 1:
         raise DataError(f"embeddings: all {n} rows are identical (byte-equal embeddings or equal hashes); "

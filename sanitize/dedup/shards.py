@@ -39,6 +39,10 @@ class ShardedRows:
         """Shard `shard`'s rows as stored: (rows, d) float array."""
         raise NotImplementedError
 
+    def name(self, shard: int) -> str:
+        """How messages name shard `shard` (a file, for file sources)."""
+        return f"shard {shard}"
+
     def hashes(self, shard: int) -> pa.Array | None:
         """Shard `shard`'s content hashes (equal hashes = exact duplicates; nulls never match), or None."""
         return None
@@ -121,6 +125,9 @@ class NpyShards(ShardedRows):
     def fingerprint(self) -> str:
         return file_fingerprint([self.path])
 
+    def name(self, shard: int) -> str:
+        return f"{self.path} (rows from {shard * self.shard_rows})"
+
     def read(self, shard: int) -> np.ndarray:
         x = np.load(self.path, mmap_mode="r")
         start = shard * self.shard_rows
@@ -146,6 +153,12 @@ def unit_rows(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     block = np.asarray(raw, dtype=np.float32)
     inv = (1.0 / np.linalg.norm(block, axis=1)).astype(np.float32)
     return np.ascontiguousarray(block * inv[:, None]), inv
+
+
+def where(rows: ShardedRows, offsets: np.ndarray, row: int) -> str:
+    """Global row `row` as a message names it: its shard's name and its row in that shard."""
+    shard = int(np.searchsorted(offsets, row, side="right") - 1)
+    return f"{rows.name(shard)} row {row - int(offsets[shard])}"
 
 
 def shard_offsets(sizes: Sequence[int]) -> np.ndarray:

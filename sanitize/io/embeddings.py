@@ -100,7 +100,9 @@ class EmbeddingSource:
         part = self._parts[index]
         if "img" in part:
             with reading(part["img"], ".npy file", also=_NPY_HEADER_ERRORS):
-                return int(_npy_header(part["img"])[0][0])
+                shape, dtype, _ = _npy_header(part["img"])
+            _check_shape_and_dtype(part["img"], shape, dtype)
+            return int(shape[0])
         with reading(part["path"], "parquet file"):
             return read_parquet_rows(part["path"])
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sanitize.dedup.groups import decide_groups, keep_priority
+from sanitize.dedup.vectors import pair_cosines
 from sanitize.errors import ConfigError, DataError
 
 THRESHOLD = 0.95
@@ -117,3 +118,15 @@ def test_no_over_pruning_on_random_graphs(edges, values, refuse, seed):
     shuffled = np.random.default_rng(seed).permutation(len(a))
     again = decide_groups(x, a[shuffled], b[shuffled], 0.0, priority=priority, refuse_chains=refuse)
     np.testing.assert_array_equal(g.duplicate_of, again.duplicate_of)
+
+
+def test_refused_chain_keeps_rows_exactly_at_the_threshold_as_duplicates():
+    # "within the threshold" is cosine >= threshold: a row whose exact cosine to the kept row equals the
+    # threshold is removed, one an ulp further away stays.
+    x, a, b = _chain()
+    at = float(pair_cosines(x, np.array([2]), np.array([0]))[0])
+    g = decide_groups(x, a, b, at, refuse_chains=True)
+    np.testing.assert_array_equal(g.keep, [True, False, False, True])
+    assert g.cosine_to_kept[2] == at
+    g = decide_groups(x, a, b, np.nextafter(at, 1.0), refuse_chains=True)
+    np.testing.assert_array_equal(g.keep, [True, False, True, True])

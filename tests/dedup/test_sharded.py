@@ -79,10 +79,10 @@ def test_npy_source_resume_and_other_run(tmp_path, small_set):
 def test_bad_rows_name_the_global_row(tmp_path):
     x = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
     x[211] = np.nan
-    with pytest.raises(DataError, match="row 211 has NaN"):
+    with pytest.raises(DataError, match="shard 2: row 11 has NaN"):
         find_duplicates_sharded(ArrayShards(x, 100), tmp_path / "w", n_clusters=2)
     x[211] = 0
-    with pytest.raises(DataError, match="row 211 is all zeros"):
+    with pytest.raises(DataError, match="shard 2: row 11 is all zeros"):
         find_duplicates_sharded(ArrayShards(x, 100), tmp_path / "w2", n_clusters=2)
 
 
@@ -99,7 +99,7 @@ def test_repeated_uid_across_shards_is_named(tmp_path):
     x = np.random.default_rng(2).normal(size=(300, 8)).astype(np.float32)
     uids = [f"u{i}" for i in range(300)]
     uids[250] = "u3"
-    with pytest.raises(DataError, match=r"uid 'u3' is on rows 3 and 250"):
+    with pytest.raises(DataError, match=r"uid 'u3' is on shard 0 row 3 and shard 2 row 50"):
         find_duplicates_sharded(ArrayShards(x, 100, uids=uids), tmp_path / "w", n_clusters=2)
     uids[250] = "u250"
     find_duplicates_sharded(ArrayShards(x, 100, uids=uids), tmp_path / "w", n_clusters=2, recall_sample=0)

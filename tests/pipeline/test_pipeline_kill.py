@@ -17,7 +17,7 @@ KILLER = Path(__file__).with_name("kill_after.py")
 KILL_POINTS = {
     "embed": ("*/stages/embed/_done/*", 2),
     "classify": ("*/stages/classify/violence/*.parquet", 2),
-    "dedup": ("*/stages/dedup/checkpoints/clustering_002.done.json", 1),
+    "dedup": ("*/stages/dedup/work/clustering_002.done", 1),
     "audit": ("*/audit/report.*", 1),
     "export": ("*/export/_done/*", 2),
 }

@@ -2,17 +2,21 @@
 
 SOURCE is a run folder, a clip-retrieval folder, a parquet file/glob/folder with an embedding column, or a
 ``.npy`` file. For a run folder (`DedupStage`) the decisions go into the run: ``stages/dedup/NNNNN.parquet``
-(row-aligned with the embedding shards, then markers with each shard's counts), ``stages/dedup/pairs.parquet``,
-``stages/dedup/result.json`` and ``stages/dedup/checkpoints/``. Otherwise (`dedup_folder`) they go into an output
-folder: ``decisions.parquet``, ``pairs.parquet``, ``stats.json``, ``checkpoints/``. Each clustering is
-checkpointed, so a rerun after a crash resumes from the last finished clustering and ends with identical files.
+(row-aligned with the embedding shards, then markers with each shard's counts), ``stages/dedup/pairs.parquet`` and
+``stages/dedup/result.json``. Otherwise (`dedup_folder`) they go into an output folder: ``decisions.parquet``,
+``pairs.parquet``, ``stats.json``. The search runs out of core (`sanitize.dedup.sharded`): one part of the source
+per task, phase files under ``work/`` beside the outputs, so a rerun after a crash resumes at the phase it stopped
+in and ends with identical files; ``work/`` is deleted once the outputs are written. The decision files are written
+by engine tasks, one per embedding shard.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,21 +34,23 @@ from sanitize.dedup.defaults import (
     DEFAULT_THRESHOLD,
     KEEP_POLICIES,
 )
+from sanitize.dedup.shards import ShardedRows, file_fingerprint
 from sanitize.engines import Engine, resolve_engine
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
-from sanitize.io.manifest import read_parquet
+from sanitize.io.manifest import read_parquet, read_schema
 from sanitize.io.runfolder import RunFolder, peak_memory_mb
 from sanitize.pipeline.options import option, section_dict
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
 
 if TYPE_CHECKING:  # FAISS, SciPy, polars and pyarrow.compute load when the stage runs, not when its config is read
-    import polars as pl
+    from sanitize.dedup.sharded import ShardedDedupResult
 
 logger = logging.getLogger(__name__)
 
 STAGE = "dedup"
+NPY_SHARD_ROWS = 100_000  # a single .npy source is read as shards of this many rows
 Progress = Callable[[str, int, int], Any]
 
 
@@ -93,16 +99,15 @@ class DedupStage(Stage):
         if reusable and result_file.exists() and _all_done(run, embeddings):
             details = json.loads(result_file.read_text())
         else:
-            details, decisions, pairs, sizes = deduplicate(
-                embeddings, self.config, seed=context.seed, side=_run_columns(run), checkpoint_dir=folder /
-                "checkpoints", engine=context.engine, progress=self.progress, where=str(run.path))
-            atomic.write_parquet(folder / "pairs.parquet", pairs)
+            source = SourceShards(embeddings, self.config, run_path=str(run.path))
+            details, result = deduplicate(source, self.config, seed=context.seed, workdir=folder / "work",
+                                          engine=context.engine, progress=self.progress, where=str(run.path))
+            node_uids = _node_uids(source, result)
+            atomic.write_parquet(folder / "pairs.parquet", pair_table(result, node_uids))
             atomic.write_json(result_file, lasting_details(details))
-            start = 0
-            for index, size in enumerate(sizes):
-                shard = decisions.slice(start, size)
-                run.write_shard(STAGE, index, shard, shard_counts(shard).to_dict())
-                start += size
+            context.engine.map_tasks(_write_run_decisions, list(range(embeddings.n_shards)),
+                                     (str(run.path), source, result, node_uids))
+            shutil.rmtree(folder / "work", ignore_errors=True)
         return context.result(self, started, stored_counts(run, STAGE), details=details)
 
 
@@ -110,49 +115,50 @@ def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: Dedu
                  embedding_col: str | None = None, id_col: str | None = None, progress: Progress | None = None,
                  engine: Engine | None = None) -> dict[str, Any]:
     """Deduplicate the embeddings at `source` (not a run folder) into the folder `out`: decisions.parquet,
-    pairs.parquet, stats.json. Returns the stats (also in stats.json)."""
+    pairs.parquet, stats.json. Returns the stats (also in stats.json). Memory: one part of the source at a time,
+    plus the duplicate graph."""
     started = time.perf_counter()
     engine = resolve_engine(engine)
     embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col,
                                  require_normalized=config.require_normalized)
     out = Path(out)
-    details, decisions, pairs, _ = deduplicate(
-        embeddings, config, seed=seed, side=_source_columns(embeddings), checkpoint_dir=out / "checkpoints",
-        engine=engine, progress=progress, where=str(source))
-    atomic.write_parquet(out / "pairs.parquet", pairs)
-    counts = shard_counts(decisions)
+    rows = SourceShards(embeddings, config)
+    details, result = deduplicate(rows, config, seed=seed, workdir=out / "work", engine=engine, progress=progress,
+                                  where=str(source))
+    node_uids = _node_uids(rows, result)
+    atomic.write_parquet(out / "pairs.parquet", pair_table(result, node_uids))
+    counts = ShardStats(rows_in=result.stats["rows"], kept=result.stats["kept"],
+                        dropped={"duplicate": result.stats["removed"]})
     stats = {**counts.to_dict(), "seconds": round(time.perf_counter() - started, 3), "engine": engine.name,
              "peak_memory_mb": round(peak_memory_mb(), 1), **details}
-    atomic.write_parquet(out / "decisions.parquet", decisions)
+    _write_decisions_file(out / "decisions.parquet", rows, result, node_uids)
     atomic.write_json(out / "stats.json", stats)
+    shutil.rmtree(out / "work", ignore_errors=True)
     return stats
 
 
-def deduplicate(embeddings: EmbeddingSource, config: DedupConfig, *, seed: int,
-                side: Callable[[np.ndarray, list[str]], dict[str, np.ndarray]], checkpoint_dir: Path,
-                engine: Engine, progress: Progress | None, where: str
-                ) -> tuple[dict[str, Any], pa.Table, pa.Table, list[int]]:
-    """Load every embedding, run `find_duplicates` with `config`, and return (details, decision table, pair table,
-    shard sizes). `side(uids, columns)` gives the keep_by / hash columns aligned with the uids."""
-    from sanitize.dedup import find_duplicates
+def deduplicate(rows: SourceShards, config: DedupConfig, *, seed: int, workdir: Path, engine: Engine,
+                progress: Progress | None, where: str) -> tuple[dict[str, Any], ShardedDedupResult]:
+    """Run `find_duplicates_sharded` over `rows` with `config` (phase files in `workdir`); return the details for
+    stats.json and the result. Raises DataError naming `where` when uids repeat."""
+    from sanitize.dedup.sharded import find_duplicates_sharded
 
-    uids, x, shard_sizes = _load(embeddings)
-    if len(set(uids.tolist())) != len(uids):
-        raise DataError(f"{where}: uids are not unique; deduplication needs one uid per row")
     c = config
-    columns = side(uids, [col for col in (c.keep_by, c.hash_col) if col])
-    if c.keep_by and c.keep_by not in columns:
-        raise ConfigError(f"--keep-by column {c.keep_by!r} not found in {where}")
-    result = find_duplicates(
-        x, threshold=c.threshold, n_clusterings=c.clusterings, n_clusters=c.clusters, seed=seed,
-        keep_values=columns.get(c.keep_by) if c.keep_by else None, keep=c.keep, refuse_chains=c.refuse_chains,
-        hashes=columns.get(c.hash_col) if c.hash_col else None, require_normalized=c.require_normalized,
-        recall_sample=min(c.recall_sample, len(x)), checkpoint_dir=checkpoint_dir, progress=progress,
-        task_map=engine.map_tasks,
-    )
+    rows.check_side_columns(where)
+    if sum(rows.shard_sizes()) == 0:
+        raise DataError(f"{where}: no embeddings (every shard has 0 rows)")
+    try:
+        result = find_duplicates_sharded(
+            rows, workdir, threshold=c.threshold, n_clusterings=c.clusterings, n_clusters=c.clusters, seed=seed,
+            keep=c.keep, refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
+            recall_sample=c.recall_sample, progress=progress, task_map=engine.map_tasks)
+    except DataError as e:
+        if "one uid per row" in str(e):
+            raise DataError(f"{where}: uids are not unique ({e})") from None
+        raise
     details = {k: v for k, v in result.stats.items() if k not in ("rows", "kept", "removed", "seconds")}
     details["phase_seconds"] = result.stats["seconds"]
-    return details, decision_table(uids, result.rows), pair_table(uids, result.pairs), shard_sizes
+    return details, result
 
 
 def lasting_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -169,99 +175,200 @@ def shard_counts(decisions: pa.Table) -> ShardStats:
     return ShardStats(rows_in=decisions.num_rows, kept=kept, dropped={"duplicate": decisions.num_rows - kept})
 
 
-def decision_table(uids: np.ndarray, rows: pa.Table) -> pa.Table:
-    """Row-aligned decisions with uids: uid, keep, reason, group_id, duplicate_of (uid), cosine_to_kept."""
+def decision_table(uids: np.ndarray, rows: pa.Table, dup_uids: pa.Array) -> pa.Table:
+    """Row-aligned decisions with uids: uid, keep, reason, group_id, duplicate_of (uid), cosine_to_kept.
+
+    `rows`: `ShardedDedupResult.rows_table` of these rows; `dup_uids`: the uid of each row's kept row (null for kept
+    rows).
+    """
     import pyarrow.compute as pc
 
-    uid_arr = pa.array(uids.tolist(), pa.string())
-    dup_index = rows["duplicate_of"].combine_chunks()
-    dup_uid = pc.take(uid_arr, dup_index)
     cos = rows["cosine_to_kept"].combine_chunks()
     reason = pc.binary_join_element_wise(
-        pa.scalar("duplicate_of:"), dup_uid, pc.cast(pc.round(cos, 4), pa.string()), "")
-    reason = pc.if_else(pc.is_null(dup_uid), pa.scalar(None, pa.string()), reason)
-    return pa.table({"uid": uid_arr, "keep": rows["keep"], "reason": reason, "group_id": rows["group_id"],
-                     "duplicate_of": dup_uid, "cosine_to_kept": cos})
+        pa.scalar("duplicate_of:"), dup_uids, pc.cast(pc.round(cos, 4), pa.string()), "")
+    reason = pc.if_else(pc.is_null(dup_uids), pa.scalar(None, pa.string()), reason)
+    return pa.table({"uid": pa.array(uids.tolist(), pa.string()), "keep": rows["keep"], "reason": reason,
+                     "group_id": rows["group_id"], "duplicate_of": dup_uids, "cosine_to_kept": cos})
 
 
-def pair_table(uids: np.ndarray, pairs: pa.Table) -> pa.Table:
+def pair_table(result: ShardedDedupResult, node_uids: pa.Array) -> pa.Table:
     """pairs.parquet: uid_a, uid_b, cosine, clustering (first clustering that found it; -1 = exact path)."""
     import pyarrow.compute as pc
 
-    uid_arr = pa.array(uids.tolist(), pa.string())
-    return pa.table({"uid_a": pc.take(uid_arr, pairs["a"]), "uid_b": pc.take(uid_arr, pairs["b"]),
-                     "cosine": pairs["cosine"], "clustering": pairs["clustering"]})
+    nodes = result.nodes["id"].to_numpy()
+    at = {end: pa.array(np.searchsorted(nodes, result.pairs[end].to_numpy())) for end in ("a", "b")}
+    return pa.table({"uid_a": pc.take(node_uids, at["a"]), "uid_b": pc.take(node_uids, at["b"]),
+                     "cosine": result.pairs["cosine"], "clustering": result.pairs["clustering"]})
 
 
-def _load(embeddings: EmbeddingSource) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    uids, xs, sizes = [], [], []
-    for shard in embeddings.shards():
-        uids.append(shard.uids)
-        xs.append(np.asarray(shard.img_emb))
-        sizes.append(len(shard))
-    if not xs or sum(sizes) == 0:
-        raise DataError("no embeddings to deduplicate")
-    return np.concatenate(uids), np.concatenate(xs), sizes
+def _decisions_of_part(rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array, part: int) -> pa.Table:
+    """The decision table of the source's part `part` (all of its rows)."""
+    import pyarrow.compute as pc
+
+    start, stop = rows.part_range(part)
+    table = result.rows_table(start, stop)
+    dup = table["duplicate_of"].combine_chunks()
+    nodes = result.nodes["id"].to_numpy()
+    at = pa.array(np.searchsorted(nodes, dup.fill_null(0).to_numpy()), mask=dup.is_null().to_numpy(
+        zero_copy_only=False))
+    return decision_table(rows.embeddings.read_uids(part), table, pc.take(node_uids, at))
+
+
+def _write_run_decisions(run_path: str, rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array,
+                         part: int) -> None:
+    """One task: stages/dedup/NNNNN.parquet of the run's embedding shard `part`, then its marker."""
+    decisions = _decisions_of_part(rows, result, node_uids, part)
+    RunFolder(run_path).write_shard(STAGE, part, decisions, shard_counts(decisions).to_dict())
+
+
+def _write_decisions_file(path: Path, rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array) -> None:
+    """decisions.parquet of a non-run source, written part by part (one part in memory at a time)."""
+    writer = None
+    with atomic.atomic_path(path) as tmp:
+        for part in range(rows.embeddings.n_shards):
+            table = _decisions_of_part(rows, result, node_uids, part)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+
+
+def _node_uids(rows: SourceShards, result: ShardedDedupResult) -> pa.Array:
+    """The uid of every row in the duplicate graph (`result.nodes`), read part by part."""
+    nodes = result.nodes["id"].to_numpy()
+    out: list[str] = []
+    for part in range(rows.embeddings.n_shards):
+        start, stop = rows.part_range(part)
+        lo, hi = np.searchsorted(nodes, [start, stop])
+        if hi > lo:
+            uids = rows.embeddings.read_uids(part)
+            out.extend(uids[nodes[lo:hi] - start].tolist())
+    return pa.array(out, pa.string())
 
 
 def _all_done(run: RunFolder, embeddings: EmbeddingSource) -> bool:
     return not run.todo(STAGE, embeddings.n_shards)
 
 
-def _run_columns(run: RunFolder) -> Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]:
-    """Side columns from the run's input manifest."""
+class SourceShards(ShardedRows):
+    """An `EmbeddingSource` read as `ShardedRows`: one shard per part (a large single `.npy` is cut into shards of
+    `NPY_SHARD_ROWS` rows), with uids and the config's `hash_col` / `keep_by` side columns.
 
-    def columns(uids: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
+    Side columns come from the run's input manifest (joined by uid; `run_path`), from the parquet files themselves,
+    or from a clip-retrieval folder's metadata. Pickles as paths, so engine tasks elsewhere read the same files.
+    """
+
+    def __init__(self, embeddings: EmbeddingSource, config: DedupConfig, *, run_path: str | None = None) -> None:
+        self.embeddings = embeddings
+        self.hash_col = config.hash_col or None
+        self.keep_by = config.keep_by or None
+        self.run_path = run_path
+        self._part_sizes = [embeddings.part_rows(i) for i in range(embeddings.n_shards)]
+        step = NPY_SHARD_ROWS if embeddings.kind == "npy" else None
+        self.pieces = [(part, start, min(size, start + (step or max(size, 1))))
+                       for part, size in enumerate(self._part_sizes)
+                       for start in range(0, max(size, 1), step or max(size, 1))]
+        self._cache: dict[int, pa.Table] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": {}}
+
+    def shard_sizes(self) -> list[int]:
+        return [stop - start for _, start, stop in self.pieces]
+
+    def part_range(self, part: int) -> tuple[int, int]:
+        """Global row ids start..stop of the source's part `part`."""
+        start = sum(self._part_sizes[:part])
+        return start, start + self._part_sizes[part]
+
+    def fingerprint(self) -> str:
+        e = self.embeddings
+        files = [f for part in e._parts for f in part.values() if isinstance(f, Path)]
+        if self.run_path:
+            files += [f for f in RunFolder(self.run_path).manifest().files]
+        return file_fingerprint(files) + f"|{self.hash_col}|{self.keep_by}|{e.embedding_col}|{e.id_col}"
+
+    def read(self, shard: int) -> np.ndarray:
+        part, start, stop = self.pieces[shard]
+        # A copy per read: EmbeddingSource remembers the first dimension it saw, and tasks read shards in any
+        # order; the dedup scan compares dimensions itself, in shard order.
+        return np.asarray(copy.copy(self.embeddings).read_shard(part, start, stop).img_emb)
+
+    def name(self, shard: int) -> str:
+        part, start, _ = self.pieces[shard]
+        files = self.embeddings._parts[part]
+        path = files.get("img") or files.get("path")
+        return f"{path}" + (f" (rows from {start})" if start else "")
+
+    def uids(self, shard: int) -> pa.Array:
+        part, start, stop = self.pieces[shard]
+        return pa.array(self.embeddings.read_uids(part, start, stop).tolist(), pa.string())
+
+    def hashes(self, shard: int) -> pa.Array | None:
+        return self._side(shard, self.hash_col) if self.hash_col else None
+
+    def keep_values(self, shard: int) -> np.ndarray | None:
+        if not self.keep_by:
+            return None
+        values = self._side(shard, self.keep_by)
+        if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(
+                values.type) or pa.types.is_null(values.type):
+            return values.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        return np.asarray(values.to_pylist(), dtype=object)
+
+    def check_side_columns(self, where: str) -> None:
+        """Raise ConfigError when the keep-by column is in no part of the source."""
+        if self.keep_by and not any(self.keep_by in names for names in self._side_names()):
+            raise ConfigError(f"--keep-by column {self.keep_by!r} not found in {where}")
+
+    def _side_names(self) -> list[list[str]]:
+        e = self.embeddings
+        if self.run_path:
+            return [read_schema(f).names for f in RunFolder(self.run_path).manifest().files]
+        if e.kind == "parquet":
+            return [read_schema(f).names for f in e.parquet_files]
+        if e.kind == "clip-retrieval":
+            return [read_schema(part["meta"]).names for part in e._parts]
+        return []
+
+    def _side(self, shard: int, column: str) -> pa.Array:
+        """Column `column` for the rows of `shard`, aligned by uid (nulls where a row has no value)."""
+        part, start, stop = self.pieces[shard]
+        if part not in self._cache:
+            self._cache = {part: self._side_table(part)}  # one part at a time
+        table = self._cache[part]
+        if column not in table.column_names:
+            return pa.nulls(stop - start)
+        return table[column].slice(start, stop - start).combine_chunks()
+
+    def _side_table(self, part: int) -> pa.Table:
+        """The side columns of part `part`, row-aligned with its embeddings."""
         import polars as pl
 
-        if not wanted:
-            return {}
-        manifest = run.manifest()
-        tables = []
-        for index in range(len(manifest.files)):
-            raw = manifest.read_raw_shard(index)
-            present = [c for c in wanted if c in raw.column_names]
-            uid = manifest.read_shard(index).table["uid"]
-            tables.append(pl.from_arrow(pa.table({"uid": uid, **{c: raw[c] for c in present}})))
-        return _aligned(uids, pl.concat(tables, how="diagonal"), wanted)
-
-    return columns
-
-
-def _source_columns(embeddings: EmbeddingSource) -> Callable[[np.ndarray, list[str]], dict[str, np.ndarray]]:
-    """Side columns from where a non-run source keeps its rows' other fields (parquet, clip-retrieval metadata)."""
-
-    def columns(uids: np.ndarray, wanted: list[str]) -> dict[str, np.ndarray]:
-        import polars as pl
-
-        if not wanted:
-            return {}
-        frames = []
-        if embeddings.kind == "parquet":
-            for path in embeddings.parquet_files:
-                names = pq.read_schema(path).names
-                present = [c for c in wanted if c in names]
-                id_name = embeddings.id_col or next((c for c in ("uid", "key", "id") if c in names), None)
-                if not id_name:
-                    return {}
-                frames.append(pl.from_arrow(read_parquet(path, columns=[id_name, *present]))
-                              .rename({id_name: "uid"}).with_columns(pl.col("uid").cast(pl.String)))
-        elif embeddings.kind == "clip-retrieval":
-            for shard in embeddings.shards():
-                meta = shard.metadata
-                present = [c for c in wanted if c in meta.column_names]
-                frames.append(pl.from_arrow(pa.table({"uid": pa.array(shard.uids.tolist(), pa.string()),
-                                                      **{c: meta[c] for c in present}})))
+        e = self.embeddings
+        wanted = [c for c in (self.hash_col, self.keep_by) if c]
+        uids = e.read_uids(part)
+        if self.run_path:
+            manifest = RunFolder(self.run_path).manifest()
+            number = e.part_number(part)
+            if number >= len(manifest.files):
+                return pa.table({"uid": pa.array(uids.tolist(), pa.string())})
+            raw = manifest.read_raw_shard(number)
+            side = pa.table({"uid": manifest.read_shard(number).table["uid"],
+                             **{c: raw[c] for c in wanted if c in raw.column_names}})
+        elif e.kind == "parquet":
+            path = e.parquet_files[part]
+            names = read_schema(path).names
+            side = read_parquet(path, columns=[c for c in wanted if c in names])
+            side = side.append_column("uid", pa.array(uids.tolist(), pa.string()))
+        elif e.kind == "clip-retrieval":
+            meta = read_parquet(e._parts[part]["meta"])
+            side = pa.table({"uid": pa.array(uids.tolist(), pa.string()),
+                             **{c: meta[c] for c in wanted if c in meta.column_names}})
         else:
-            return {}
-        return _aligned(uids, pl.concat(frames, how="diagonal"), wanted)
-
-    return columns
-
-
-def _aligned(uids: np.ndarray, frame: pl.DataFrame, wanted: list[str]) -> dict[str, np.ndarray]:
-    import polars as pl
-
-    aligned = pl.DataFrame({"uid": uids.tolist()}, schema={"uid": pl.String}).join(
-        frame, on="uid", how="left", maintain_order="left")
-    return {c: aligned[c].to_numpy() for c in wanted if c in aligned.columns}
+            return pa.table({"uid": pa.array(uids.tolist(), pa.string())})
+        aligned = pl.DataFrame({"uid": uids.tolist()}, schema={"uid": pl.String}).join(
+            pl.from_arrow(side).with_columns(pl.col("uid").cast(pl.String)), on="uid", how="left",
+            maintain_order="left")
+        return aligned.to_arrow()
