@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from sanitize.dedup.parallel import TaskMap, thread_map
-from sanitize.dedup.vectors import UnitRows
+from sanitize.dedup.vectors import UnitRows, row_norms
 from sanitize.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def project(block: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     if projection is None:
         return block
     out = block @ projection
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    norms = row_norms(out)[:, None]
     out /= np.maximum(norms, 1e-12)  # a row orthogonal to the subspace stays zero, matching no centroid better
     return out
 

@@ -24,7 +24,7 @@ from sanitize.dedup.components import compact_ids, component_roots
 from sanitize.dedup.exact import row_hashes
 from sanitize.dedup.parallel import TaskMap
 from sanitize.dedup.shards import ShardedRows, where, write_node_rows
-from sanitize.dedup.vectors import NORM_TOLERANCE
+from sanitize.dedup.vectors import NORM_TOLERANCE, row_norms
 from sanitize.errors import DataError
 from sanitize.io import atomic
 
@@ -74,7 +74,7 @@ def _scan_shard(rows: ShardedRows, folder: str, offsets: np.ndarray, n_parts: in
     finite = np.isfinite(block).all(axis=1)
     if not finite.all():
         raise DataError(f"{rows.name(s)}: row {int(np.argmin(finite))} has NaN or infinite values")
-    norms = np.linalg.norm(block, axis=1)
+    norms = row_norms(block)
     if len(norms) and not norms.all():
         raise DataError(f"{rows.name(s)}: row {int(np.argmin(norms))} is all zeros (an empty or failed embedding)")
     ids = np.arange(start, start + len(raw), dtype=np.int64)

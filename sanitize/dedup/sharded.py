@@ -1,26 +1,22 @@
 """`find_duplicates_sharded`: the `find_duplicates` algorithm as phases over files, never holding every row.
 
-Same options, same pairs and decisions as `find_duplicates` on the concatenated rows (row ids are global: shard
-offset + row). Every phase is a list of independent tasks run by the `task_map` (threads here, Ray tasks across
-machines); tasks read shards and phase files from `workdir` and write their own files, so only small things pass
-through the driver: centroids, samples, counts per cluster, and the duplicate graph (pairs touch a small share of
-rows). Phases, each finished by a file written last, so a rerun after a crash resumes at the phase it stopped in:
+Same options, same pairs, decisions and recall estimate as `find_duplicates` on the concatenated rows (row ids are
+global: shard offset + row). Every phase is a list of independent tasks run by the `task_map` (threads here, Ray
+tasks across machines); tasks read shards and phase files from `workdir` and write their own files, so only small
+things pass through the driver: samples, centroids, counts per cluster, and the duplicate graph (pairs touch a small
+share of rows). Each phase ends with a file written last, so a rerun after a crash resumes at the phase it stopped in:
 
-1. **scan** (per shard): rows are finite and nonzero; 64-bit hashes of each row's bytes and of its content hash,
-   written split by hash partition.
-2. **exact** (per partition): rows with equal hashes; verified byte by byte (or value by value) on the driver
-   from a file of just those rows. Exact copies are reported against their smallest row and not clustered.
-3. **projection** and, per clustering, **train** (driver): PCA directions and k-means on seeded samples of the
-   distinct rows, drawn exactly as `find_duplicates` draws them.
-4. **assign** (per part, a run of shards): nearest centroid of each distinct row; the part's rows are written
-   sorted by cluster with counts per cluster.
-5. **pairs** (per bucket of clusters, or per block row of a cluster too big for one bucket): the clusters' rows
-   are read back from every part, searched in `block_rows` blocks and confirmed by exact cosine.
+1. **scan** (per shard, `scan`): rows are finite and nonzero; hashes of rows, content hashes and uids by partition.
+2. **exact** (per partition, `scan`): rows with equal hashes, checked against the rows; uids must not repeat.
+3. **samples** (one pass): every sample the run draws (PCA, each clustering's training rows, recall queries), drawn
+   up front exactly as `find_duplicates` draws them; **projection** and **train** on the driver (a fixed cost).
+4. **assign** (per part, `buckets`): one read of each distinct row for all clusterings and the recall search.
+5. **pairs** (per clustering, per bucket of clusters or block row of a giant cluster, `buckets`).
 6. **union** and **groups** (driver, on the duplicate graph only): pairs of all sources, first source kept;
-   components and keepers on compact ids (`decide_groups`), reading the graph's rows from a node file.
-7. **recall** (per shard): the sampled distinct rows searched exhaustively against every distinct row.
+   components and keepers on compact ids (`decide_groups`), the graph's rows read from a node file.
+7. **recall**: the assign tasks' true pairs of the sample against the pairs found.
 
-Disk: the source once more per clustering while it runs (its part files are deleted when its pairs are saved).
+Disk: one copy of the distinct rows (as stored) plus 8 bytes per row and clustering, deleted at the end.
 """
 
 from __future__ import annotations
@@ -37,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sanitize.dedup.buckets import BUCKET_ROWS, PART_ROWS, assign_part, search_pairs, split_parts
+from sanitize.dedup.buckets import BUCKET_ROWS, PART_ROWS, AssignPlan, assign_part, search_pairs, split_parts
 from sanitize.dedup.clustering import (
-    ASSIGN_BATCH_ROWS,
     default_n_clusters,
     faiss_gpu_count,
     kmeans_centroids,
@@ -49,7 +44,7 @@ from sanitize.dedup.clustering import (
 from sanitize.dedup.components import compact_ids
 from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.groups import decide_groups, keep_priority
-from sanitize.dedup.pairs import CANDIDATE_MARGIN, DEFAULT_BLOCK_ROWS
+from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.recall import RecallEstimate, recall_from_sample
 from sanitize.dedup.run import (
@@ -63,7 +58,7 @@ from sanitize.dedup.run import (
     _stream_seed,
 )
 from sanitize.dedup.scan import exact_copies, scan_shards
-from sanitize.dedup.shards import NodeRows, ShardedRows, shard_offsets, unit_rows, write_node_rows
+from sanitize.dedup.shards import NodeRows, ShardedRows, shard_offsets, write_node_rows
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
 
@@ -181,19 +176,28 @@ def find_duplicates_sharded(
     k = int(n_clusters) if n_clusters is not None else default_n_clusters(len(reps))
     if k > len(reps):
         raise ConfigError(f"n_clusters={k} is more than the {len(reps)} distinct rows; use at most {len(reps)}")
-    projection = _projection(rows, work, reps, dim, options, tasks)
+    samples = _Samples.draw(reps, k, dim, options)
+    sample_rows = write_node_rows(rows, samples.all_ids(), work / "samples", tasks)  # one pass for every sample
+    projection = _projection(work, samples, sample_rows, options)
     clock.lap("projection")
+    centroids, train_seconds = _centroids(work, samples, sample_rows, k, projection, options)
+    clock.lap("train")
     parts = split_parts(sizes, part_rows)
+    plan = AssignPlan(parts=parts, offsets=offsets, members=members, centroids=centroids, projection=projection,
+                      sample=samples.recall, queries=sample_rows.unit(sample_rows.local_of(samples.recall)),
+                      threshold=threshold)
+    todo = [p for p in range(len(parts)) if not (work / f"parts/part_{p:05d}.done").exists()]
+    tasks(assign_part, todo, (rows, str(work / "parts"), plan))
+    clock.lap("assign")
     pair_sets, clustering_stats = [], []
     for c in range(n_clusterings):
-        pairs_c, info = _clustering(c, rows, work, reps, members, k, projection, parts, offsets, options,
-                                    bucket_rows, tasks)
+        pairs_c, info = _clustering_pairs(c, work, len(parts), k, options, bucket_rows, tasks)
         pair_sets.append(pairs_c)
-        clustering_stats.append(info)
-        logger.info("clustering %d/%d: %d pairs in %.1f s", c + 1, n_clusterings, len(pairs_c[0]), info["seconds"])
+        clustering_stats.append({**info, "train_seconds": train_seconds[c],
+                                 "seconds": train_seconds[c] + info["pairs_seconds"]})
+        logger.info("clustering %d/%d: %d pairs", c + 1, n_clusterings, len(pairs_c[0]))
         report("clustering", c + 1, n_clusterings)
-    clock.record({name: sum(i.get(f"{name}_seconds", 0.0) for i in clustering_stats)
-                  for name in ("train", "assign", "pairs")})
+    clock.lap("pairs")
 
     a, b, cos, source, graph_rows = _union(rows, work, members, member_reps, pair_sets, threshold, tasks)
     clock.lap("confirm")
@@ -204,9 +208,10 @@ def find_duplicates_sharded(
     recall = None
     if recall_sample > 0:
         found = source != EXACT
-        recall = _recall(rows, work, reps, members, offsets, a[found], b[found], options, tasks)
+        recall = _recall(work, len(parts), a[found], b[found], len(samples.recall), len(reps))
         clock.lap("recall")
         report("recall", 1, 1)
+    shutil.rmtree(work / "parts", ignore_errors=True)
     seconds = clock.stop()
 
     removed = int(np.count_nonzero(~nodes["keep"].to_numpy(zero_copy_only=False)))
@@ -251,9 +256,6 @@ class _Workdir:
     def mark(self, name: str, payload: dict | None = None) -> None:
         atomic.write_json(self.path / f"{name}.done", payload or {})
 
-    def payload(self, name: str) -> dict:
-        return json.loads((self.path / f"{name}.done").read_text())
-
 
 def _exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, tasks: TaskMap) -> tuple[np.ndarray, np.ndarray]:
     """Phase 2 (`exact_copies`), saved in the workdir: (exact copies, their representatives)."""
@@ -289,111 +291,94 @@ class _Distinct:
         return self.at(np.sort(rng.choice(len(self), size=size, replace=False)))
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # -- phase 3: projection and training ------------------------------------------------------------------------
 
 
-def _sample_rows(rows: ShardedRows, work: _Workdir, name: str, ids: np.ndarray, tasks: TaskMap) -> np.ndarray:
-    """Unit rows of the sampled ids (sorted), through a node file named `name`."""
-    node_rows = write_node_rows(rows, ids, work / name, tasks)
-    return node_rows.unit(np.arange(len(ids)))
+@dataclass(frozen=True)
+class _Samples:
+    """Every sample the run draws, drawn up front as `find_duplicates` draws them (same seeds, same rows), so one
+    pass over the shards reads them all: PCA rows, each clustering's training rows and FAISS seed, recall queries.
+    """
+
+    projection: np.ndarray
+    train: list[np.ndarray]
+    kmeans_seeds: list[int]
+    recall: np.ndarray
+
+    @classmethod
+    def draw(cls, reps: _Distinct, k: int, dim: int, options: _Options) -> _Samples:
+        from sanitize.dedup.clustering import PROJECTION_SAMPLE_ROWS
+
+        dims = options.clustering_dims
+        projection = np.empty(0, np.int64)
+        if dims is not None and dims < dim:
+            rng = np.random.default_rng(_stream_seed(options.seed, _PROJECTION_STREAM, 0))
+            projection = reps.sample(rng, PROJECTION_SAMPLE_ROWS)
+        train, seeds = [], []
+        for c in range(options.n_clusterings):
+            rng = np.random.default_rng(_stream_seed(options.seed, _CLUSTERING_STREAM, c))
+            train.append(reps.sample(rng, k * options.max_points_per_centroid))
+            seeds.append(int(rng.integers(0, 2**31 - 1)))
+        recall = np.empty(0, np.int64)
+        if options.recall_sample > 0:
+            rng = np.random.default_rng(_stream_seed(options.seed, _RECALL_STREAM, 0))
+            recall = reps.sample(rng, min(options.recall_sample, len(reps)))
+        return cls(projection, train, seeds, recall)
+
+    def all_ids(self) -> np.ndarray:
+        return np.unique(np.concatenate([self.projection, *self.train, self.recall]))
 
 
-def _projection(rows: ShardedRows, work: _Workdir, reps: _Distinct, dim: int, options: _Options,
-                tasks: TaskMap) -> np.ndarray | None:
-    dims = options.clustering_dims
-    if dims is None or dims >= dim:
+def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, options: _Options) -> np.ndarray | None:
+    """The PCA projection all clusterings share (None: cluster in full dimension), saved in the workdir."""
+    if not len(samples.projection):
         return None
     path = work / "projection.npy"
     if path.exists():
         return np.load(path)
-    from sanitize.dedup.clustering import PROJECTION_SAMPLE_ROWS
-
-    rng = np.random.default_rng(_stream_seed(options.seed, _PROJECTION_STREAM, 0))
-    sample = reps.sample(rng, PROJECTION_SAMPLE_ROWS)
-    projection = principal_directions(_sample_rows(rows, work, "projection_sample", sample, tasks), dims)
+    block = sample_rows.unit(sample_rows.local_of(samples.projection))
+    projection = principal_directions(block, options.clustering_dims)
     atomic.write_npy(path, projection)
-    shutil.rmtree(work / "projection_sample", ignore_errors=True)
     return projection
 
 
-# -- phases 3-5 per clustering: train, assign, pairs -----------------------------------------------------------
+def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int, projection: np.ndarray | None,
+               options: _Options) -> tuple[list[np.ndarray], list[float]]:
+    """Each clustering's centroids (trained on its sample, saved in the workdir) and seconds spent training."""
+    centroids, seconds = [], []
+    for c, (ids, seed) in enumerate(zip(samples.train, samples.kmeans_seeds, strict=True)):
+        t0 = time.perf_counter()
+        path = work / f"centroids_{c:03d}.npy"
+        if path.exists():
+            centroids.append(np.load(path))
+        else:
+            train = project(sample_rows.unit(sample_rows.local_of(ids)), projection)
+            centroids.append(kmeans_centroids(train, k, seed=seed, n_iter=options.kmeans_iterations,
+                                              max_points_per_centroid=options.max_points_per_centroid))
+            atomic.write_npy(path, centroids[-1])
+        seconds.append(time.perf_counter() - t0)
+    return centroids, seconds
 
 
-def _clustering(c: int, rows: ShardedRows, work: _Workdir, reps: _Distinct, members: np.ndarray, k: int,
-                projection: np.ndarray | None, parts: list[tuple[int, int]], offsets: np.ndarray,
-                options: _Options, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
-    """Clustering `c`: confirmed pairs (a, b, cosine) sorted by (a, b), and its stats."""
-    c_seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
+def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, options: _Options, bucket_rows: int,
+                      tasks: TaskMap) -> tuple[tuple, dict]:
+    """Clustering `c`'s confirmed pairs (a, b, cosine), sorted by (a, b), saved in the workdir; and its stats."""
     name = f"clustering_{c:03d}"
+    seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
     if work.done(name):
         saved = np.load(work / f"{name}.npz")
-        info = {"index": c, "seed": c_seed, "resumed": True, "candidates": int(saved["candidates"]),
-                "seconds": 0.0, "largest_cluster_rows": int(saved["largest"])}
+        info = {"index": c, "seed": seed, "resumed": True, "candidates": int(saved["candidates"]),
+                "pairs_seconds": 0.0, "largest_cluster_rows": int(saved["largest"])}
         return (saved["a"], saved["b"], saved["cosine"]), info
-    folder = work / name
-    folder.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    centroids_path = folder / "centroids.npy"
-    if centroids_path.exists():
-        centroids = np.load(centroids_path)
-    else:
-        rng = np.random.default_rng(c_seed)
-        sample = reps.sample(rng, k * options.max_points_per_centroid)
-        train = project(_sample_rows(rows, work, f"{name}/train_sample", sample, tasks), projection)
-        centroids = kmeans_centroids(train, k, seed=int(rng.integers(0, 2**31 - 1)),
-                                     max_points_per_centroid=options.max_points_per_centroid,
-                                     n_iter=options.kmeans_iterations)
-        atomic.write_npy(centroids_path, centroids)
-        shutil.rmtree(folder / "train_sample", ignore_errors=True)
-    t1 = time.perf_counter()
-    todo = [p for p in range(len(parts)) if not (folder / f"part_{p:05d}.done").exists()]
-    tasks(assign_part, todo, (rows, str(folder), parts, offsets, members, centroids, projection))
-    t2 = time.perf_counter()
-    a, b, cos, candidates, largest = search_pairs(folder, len(parts), k, options.threshold, options.block_rows,
-                                                  bucket_rows, tasks)
-    t3 = time.perf_counter()
+    a, b, cos, candidates, largest = search_pairs(work / "parts", c, n_parts, k, options.threshold,
+                                                  options.block_rows, bucket_rows, tasks)
     atomic.write_npz(work / f"{name}.npz", {"a": a, "b": b, "cosine": cos, "candidates": np.int64(candidates),
                                             "largest": np.int64(largest)})
     work.mark(name)
-    shutil.rmtree(folder, ignore_errors=True)
-    info = {"index": c, "seed": c_seed, "resumed": False, "candidates": candidates, "train_seconds": t1 - t0,
-            "assign_seconds": t2 - t1, "pairs_seconds": t3 - t2, "seconds": t3 - t0,
-            "largest_cluster_rows": largest}
+    info = {"index": c, "seed": seed, "resumed": False, "candidates": candidates,
+            "pairs_seconds": time.perf_counter() - t0, "largest_cluster_rows": largest}
     return (a, b, cos), info
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # -- phase 6: union and groups -------------------------------------------------------------------------------
@@ -476,19 +461,11 @@ def _keep_values_at(rows: ShardedRows, ids: np.ndarray, offsets: np.ndarray) -> 
 # -- phase 7: recall -----------------------------------------------------------------------------------------
 
 
-def _recall(rows: ShardedRows, work: _Workdir, reps: _Distinct, members: np.ndarray, offsets: np.ndarray,
-            found_a: np.ndarray, found_b: np.ndarray, options: _Options, tasks: TaskMap) -> RecallEstimate:
-    """Share of the sampled distinct rows' true pairs that the clusterings found (as `sampled_pair_recall`)."""
-    rng = np.random.default_rng(_stream_seed(options.seed, _RECALL_STREAM, 0))
-    m = min(options.recall_sample, len(reps))
-    sample = reps.sample(rng, m)
-    queries = write_node_rows(rows, sample, work / "recall_sample", tasks).unit(np.arange(len(sample)))
-    cut = options.threshold - CANDIDATE_MARGIN
-    found = tasks(_recall_shard, list(range(len(offsets) - 1)),
-                  (rows, offsets, members, sample, queries, cut, options.threshold))
-    q = np.concatenate([f[0] for f in found])
-    a = np.concatenate([f[1] for f in found])
-    b = np.concatenate([f[2] for f in found])
+def _recall(work: _Workdir, n_parts: int, found_a: np.ndarray, found_b: np.ndarray, n_queries: int,
+            n_distinct: int) -> RecallEstimate:
+    """Share of the sampled distinct rows' true pairs (found by the assign tasks) that the clusterings found."""
+    parts = [np.load(work / f"parts/part_{p:05d}" / "recall.npz") for p in range(n_parts)]
+    q, a, b = (np.concatenate([part[k] for part in parts]) for k in "qab")
     order = np.lexsort((q, b, a))  # a pair of two sampled rows goes to the first of them, as in memory
     q, a, b = q[order], a[order], b[order]
     first = np.ones(len(a), dtype=bool)
@@ -499,34 +476,5 @@ def _recall(rows: ShardedRows, work: _Workdir, reps: _Distinct, members: np.ndar
     fa, fb = found_a[found_order], found_b[found_order]
     lo = np.searchsorted(fa, a, side="left")
     hi = np.searchsorted(fa, a, side="right")
-    hit = np.array([bool(np.any(fb[lo_i:hi_i] == b_i)) for lo_i, hi_i, b_i in zip(lo, hi, b, strict=True)],
-                   dtype=bool)
-    estimate = recall_from_sample(q, hit, m, exact=m == len(reps))
-    shutil.rmtree(work / "recall_sample", ignore_errors=True)
-    return estimate
-
-
-def _recall_shard(rows: ShardedRows, offsets: np.ndarray, members: np.ndarray, sample: np.ndarray,
-                  queries: np.ndarray, cut: float, threshold: float, s: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One recall task: (query position, a, b) of every true pair between a sampled row and shard s's rows."""
-    raw = rows.read(s)
-    start = int(offsets[s])
-    lo, hi = np.searchsorted(members, [start, start + len(raw)])
-    distinct = np.setdiff1d(np.arange(len(raw), dtype=np.int64), members[lo:hi] - start, assume_unique=True)
-    unit, _ = unit_rows(raw[distinct])
-    ids = distinct + start
-    qs, js = [], []
-    for i in range(0, len(unit), ASSIGN_BATCH_ROWS):
-        hits = np.flatnonzero(queries @ unit[i : i + ASSIGN_BATCH_ROWS].T >= cut)
-        q, j = np.divmod(hits, len(unit[i : i + ASSIGN_BATCH_ROWS]))
-        qs.append(q)
-        js.append(j + i)
-    q = np.concatenate(qs) if qs else np.empty(0, np.int64)
-    j = np.concatenate(js) if js else np.empty(0, np.int64)
-    not_self = ids[j] != sample[q]
-    q, j = q[not_self], j[not_self]
-    cos = np.einsum("ij,ij->i", queries[q].astype(np.float64), unit[j].astype(np.float64))
-    true = cos >= threshold
-    q, j = q[true], j[true]
-    return q, np.minimum(sample[q], ids[j]), np.maximum(sample[q], ids[j])
+    hit = np.array([bool(np.any(fb[i:j] == b_i)) for i, j, b_i in zip(lo, hi, b, strict=True)], dtype=bool)
+    return recall_from_sample(q, hit, n_queries, exact=n_queries == n_distinct)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from sanitize.dedup.vectors import row_norms
 from sanitize.errors import DataError
 from sanitize.io import atomic
 
@@ -151,7 +152,7 @@ def unit_rows(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The caller has checked that every row is finite and nonzero.
     """
     block = np.asarray(raw, dtype=np.float32)
-    inv = (1.0 / np.linalg.norm(block, axis=1)).astype(np.float32)
+    inv = (1.0 / row_norms(block)).astype(np.float32)
     return np.ascontiguousarray(block * inv[:, None]), inv
 
 

@@ -19,12 +19,12 @@ KILLER = Path(__file__).parents[1] / "pipeline" / "kill_after.py"
 PHASES = {
     "scan": ("*/work/scan/*.done", 3),
     "exact": ("*/work/exact.done", 1),
+    "samples": ("*/work/samples/.done", 1),
     "projection": ("*/work/projection.npy", 1),
-    "train": ("*/work/clustering_001/centroids.npy", 1),
-    "assign": ("*/work/clustering_001/part_*.done", 2),
+    "train": ("*/work/centroids_001.npy", 1),
+    "assign": ("*/work/parts/part_*.done", 2),
     "pairs": ("*/work/clustering_001.done", 1),
     "groups": ("*/work/graph_rows_*/.done", 1),
-    "recall": ("*/work/recall_sample/.done", 1),
     "outputs": ("*/out/pairs.parquet", 1),
 }
 

@@ -50,7 +50,8 @@ if TYPE_CHECKING:  # FAISS, SciPy, polars and pyarrow.compute load when the stag
 logger = logging.getLogger(__name__)
 
 STAGE = "dedup"
-NPY_SHARD_ROWS = 100_000  # a single .npy source is read as shards of this many rows
+NPY_SHARD_ROWS = 100_000  # a single .npy source is read as shards of at most this many rows,
+NPY_SHARDS = 16  # and at least this many (when it has as many rows), so every core has work
 Progress = Callable[[str, int, int], Any]
 
 
@@ -252,8 +253,8 @@ def _all_done(run: RunFolder, embeddings: EmbeddingSource) -> bool:
 
 
 class SourceShards(ShardedRows):
-    """An `EmbeddingSource` read as `ShardedRows`: one shard per part (a large single `.npy` is cut into shards of
-    `NPY_SHARD_ROWS` rows), with uids and the config's `hash_col` / `keep_by` side columns.
+    """An `EmbeddingSource` read as `ShardedRows`: one shard per part (a single `.npy` is cut into `NPY_SHARDS` to
+    `NPY_SHARD_ROWS`-row shards), with uids and the config's `hash_col` / `keep_by` side columns.
 
     Side columns come from the run's input manifest (joined by uid; `run_path`), from the parquet files themselves,
     or from a clip-retrieval folder's metadata. Pickles as paths, so engine tasks elsewhere read the same files.
@@ -265,7 +266,9 @@ class SourceShards(ShardedRows):
         self.keep_by = config.keep_by or None
         self.run_path = run_path
         self._part_sizes = [embeddings.part_rows(i) for i in range(embeddings.n_shards)]
-        step = NPY_SHARD_ROWS if embeddings.kind == "npy" else None
+        step = None  # a part is a shard, except a single .npy: shards of NPY_SHARD_ROWS, and at least NPY_SHARDS
+        if embeddings.kind == "npy":
+            step = max(1, min(NPY_SHARD_ROWS, -(-self._part_sizes[0] // NPY_SHARDS)))
         self.pieces = [(part, start, min(size, start + (step or max(size, 1))))
                        for part, size in enumerate(self._part_sizes)
                        for start in range(0, max(size, 1), step or max(size, 1))]
