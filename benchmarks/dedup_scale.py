@@ -2,6 +2,7 @@
 
     python benchmarks/dedup_scale.py [--sizes 1000000,2000000,5000000,10000000] [--threshold 0.95]
                                      [--shard-rows 100000] [--workdir DIR] [--in-memory-limit 1000000]
+                                     [--engines local,ray] [--ray-limit 2000000]
 
 For each size, CLIP-like float16 rows (d=512, planted near-duplicates; `sanitize.testing.synthetic.clip_like`,
 as benchmarks/dedup.py makes them) are written to DIR/x_N.npy once (reused by later runs), then deduplicated by
@@ -9,8 +10,11 @@ as benchmarks/dedup.py makes them) are written to DIR/x_N.npy once (reused by la
 shards of --shard-rows rows, in a child process run under `/usr/bin/time -v`: wall seconds, peak RSS as time
 reports it, phase seconds from the result, the recall the run reports about itself, and the recall of the planted
 pairs whose cosine is at or above the threshold. Sizes up to --in-memory-limit also run the in-memory
-`find_duplicates` on the same file for comparison (same pairs expected). Prints a markdown table and writes
-benchmarks/results/dedup_scale.json with the machine's details.
+`find_duplicates` on the same file for comparison (same pairs expected). With `ray` in --engines, sizes up to
+--ray-limit also run on a Ray cluster of two raylets on this machine (one CPU each) that this script starts: the
+driver's peak RSS, the peak proportional set size (PSS) of the whole process tree (driver, raylets, workers, the
+shared object store counted once), and the bytes the engine put into and got back from the object store. Prints a
+markdown table and writes benchmarks/results/dedup_scale.json with the machine's details.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=100_000)
     parser.add_argument("--workdir", default="/tmp/dedup_scale", help="generated data and phase files")
     parser.add_argument("--in-memory-limit", type=int, default=1_000_000)
+    parser.add_argument("--engines", default="local", help="local and/or ray, comma-separated")
+    parser.add_argument("--ray-limit", type=int, default=2_000_000)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -53,19 +59,26 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     runs = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    plan = [(n, mode) for n in sizes for mode in ["sharded"] + (["memory"] if n <= args.in_memory_limit else [])]
+    ray_sizes = [n for n in sizes if n <= args.ray_limit] if "ray" in args.engines.split(",") else []
+    cluster = None
+    for n, mode in plan + [(n, "ray") for n in ray_sizes]:
+        if mode == "ray" and cluster is None:  # started after the local runs, so their process trees exclude it
+            cluster = _ray_cluster()
         path, planted = _data(work, n)
-        for mode in ("sharded", "memory") if n <= args.in_memory_limit else ("sharded",):
-            run = _run_child(mode, path, work, n, args)
-            found = np.load(run.pop("pairs"))
-            true = planted["cosine"] >= args.threshold
-            keys = set(zip(found["a"].tolist(), found["b"].tolist(), strict=True))
-            hit = [(a, b) in keys for a, b in zip(planted["a"][true].tolist(), planted["b"][true].tolist(),
-                                                             strict=True)]
-            run["planted_pairs"] = len(hit)
-            run["planted_pair_recall"] = float(np.mean(hit)) if hit else None
-            runs.append(run)
-            print(_row(run), flush=True)
+        run = _run_child(mode, path, work, n, args, cluster.address if mode == "ray" else None)
+        found = np.load(run.pop("pairs"))
+        true = planted["cosine"] >= args.threshold
+        keys = set(zip(found["a"].tolist(), found["b"].tolist(), strict=True))
+        hit = [(a, b) in keys for a, b in zip(planted["a"][true].tolist(), planted["b"][true].tolist(),
+                                              strict=True)]
+        run["planted_pairs"] = len(hit)
+        run["planted_pair_recall"] = float(np.mean(hit)) if hit else None
+        runs.append(run)
+        print(_row(run), flush=True)
+    if cluster is not None:
+        cluster.shutdown()
     result = {"machine": _machine(), "threshold": args.threshold, "shard_rows": args.shard_rows, "runs": runs}
     write_json(RESULTS, result)
     print(_markdown(result))
@@ -94,22 +107,87 @@ def _data(work: Path, n: int) -> tuple[Path, dict]:
     return path, planted
 
 
-def _run_child(mode: str, path: Path, work: Path, n: int, args) -> dict:
+def _ray_cluster():
+    """Two raylets on this machine, one CPU and a 1 GiB object store each (started from here, so they are part of
+    this process tree)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 2**30, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, object_store_memory=2**30)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def _run_child(mode: str, path: Path, work: Path, n: int, args, address: str | None) -> dict:
     out = work / f"run_{mode}_{n}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     spec = {"mode": mode, "path": str(path), "out": str(out), "threshold": args.threshold,
-            "shard_rows": args.shard_rows}
+            "shard_rows": args.shard_rows, "address": address}
     cmd = ["/usr/bin/time", "-v", sys.executable, __file__, "--child", json.dumps(spec)]
+    sampler = _TreePss(os.getpid())
+    sampler.start()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
+    sampler.stop()
     if proc.returncode != 0:
         raise SystemExit(f"child failed ({mode}, n={n}):\n{proc.stderr[-4000:]}")
     rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     child = json.loads((out / "result.json").read_text())
     return {"mode": mode, "rows": n, "wall_seconds": round(wall, 1), "peak_rss_gib": round(rss_kib / 2**20, 3),
-            "pairs": str(out / "pairs.npz"), **child}
+            "tree_peak_pss_gib": round(sampler.peak / 2**30, 3), "pairs": str(out / "pairs.npz"), **child}
+
+
+class _TreePss:
+    """Peak of the summed PSS of every process below `root` (this script's children and theirs), sampled twice a
+    second from /proc/PID/smaps_rollup; this script itself is left out."""
+
+    def __init__(self, root: int) -> None:
+        import threading
+
+        self.root, self.peak, self._stop = root, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _descendants(self.root)))
+
+
+def _descendants(root: int) -> list[int]:
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _pss(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 if match else 0
 
 
 def _child(spec: dict) -> None:
@@ -119,12 +197,16 @@ def _child(spec: dict) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(spec["out"])
     t0 = time.perf_counter()
-    if spec["mode"] == "sharded":
+    transfer = None
+    if spec["mode"] in ("sharded", "ray"):
         from sanitize.dedup.sharded import find_duplicates_sharded
         from sanitize.dedup.shards import NpyShards
+        from sanitize.engines import get_engine
 
-        result = find_duplicates_sharded(NpyShards(spec["path"], spec["shard_rows"]), out / "work",
-                                         threshold=spec["threshold"])
+        with get_engine("ray" if spec["mode"] == "ray" else "local", address=spec["address"]) as engine:
+            result = find_duplicates_sharded(NpyShards(spec["path"], spec["shard_rows"]), out / "work",
+                                             threshold=spec["threshold"], task_map=engine.map_tasks)
+            transfer = getattr(engine, "transfer", None)
         shutil.rmtree(out / "work")
     else:
         from sanitize.dedup import find_duplicates
@@ -137,7 +219,7 @@ def _child(spec: dict) -> None:
     write_json(out / "result.json", {
         "seconds": round(seconds, 1), "phase_seconds": {k: round(v, 1) for k, v in stats["seconds"].items()},
         "found_pairs": len(a), "removed": stats["removed"], "n_clusters": stats["n_clusters"],
-        "self_reported_recall": stats["recall"],
+        "self_reported_recall": stats["recall"], "object_store": transfer,
         "cosine_min": float(cos.min()) if len(cos) else None})
 
 
@@ -161,14 +243,19 @@ def _machine() -> dict:
 def _row(run: dict) -> str:
     recall = run["self_reported_recall"] or {}
     phases = run["phase_seconds"]
+    store = run.get("object_store") or {}
+    moved = (store.get("put_bytes", 0) + store.get("returned_bytes", 0)) / 2**20 if store else None
     return (f"| {run['rows']:,} | {run['mode']} | {run['wall_seconds']:.0f} | {run['peak_rss_gib']:.2f} | "
+            f"{run['tree_peak_pss_gib']:.2f} | {'–' if moved is None else f'{moved:.1f}'} | "
             f"{run['planted_pair_recall']:.4f} | {recall.get('recall') or float('nan'):.4f} | "
-            f"{phases.get('assign', 0):.0f} | {phases.get('pairs', 0):.0f} | {phases.get('recall', 0):.0f} |")
+            f"{phases.get('check', 0) + phases.get('exact', 0):.0f} | {phases.get('assign', 0):.0f} | "
+            f"{phases.get('pairs', 0):.0f} | {phases.get('recall', 0):.0f} |")
 
 
 def _markdown(result: dict) -> str:
-    head = ("| rows | mode | wall s | peak RSS GiB | planted-pair recall | self-reported recall | assign s | "
-            "pairs s | recall s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| rows | mode | wall s | driver peak RSS GiB | process tree peak PSS GiB | object store MiB | "
+            "planted-pair recall | self-reported recall | scan+exact s | assign s | pairs s | recall s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([head, *(_row(r) for r in result["runs"])])
 
 

@@ -70,6 +70,9 @@ class RayEngine(Engine):
                 except ConnectionError as exc:
                     raise ConfigError(f"--ray-address {address}: no Ray cluster answered ({exc})") from None
         self._shared: OrderedDict[int, tuple[Any, ray.ObjectRef]] = OrderedDict()
+        # Bytes this engine moved through the object store for `map_tasks`: shared values put, results returned
+        # (serialized sizes, measured by pickling them), so benchmarks can show what crosses the network.
+        self.transfer = {"put_bytes": 0, "returned_bytes": 0}
         self._chunk = ray.remote(num_cpus=1)(_run_chunk)
         resources = ray.cluster_resources()
         logger.info("ray engine: %s CPUs, %s GPUs", resources.get("CPU", 0), resources.get("GPU", 0))
@@ -123,11 +126,13 @@ class RayEngine(Engine):
         bounds = np.linspace(0, len(items), n_tasks + 1).round().astype(int)
         futures = [self._chunk.remote(fn, items[a:b], *refs) for a, b in itertools.pairwise(bounds) if b > a]
         try:
-            return [r for chunk in ray.get(futures) for r in chunk]
+            chunks = ray.get(futures)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, SanitizeError):  # the user's one-line message, not Ray's traceback
                 raise exc.cause from None
             raise
+        self.transfer["returned_bytes"] += sum(_serialized_size(chunk) for chunk in chunks)
+        return [r for chunk in chunks for r in chunk]
 
     def _put(self, value: Any) -> ray.ObjectRef:
         key = id(value)
@@ -135,6 +140,7 @@ class RayEngine(Engine):
             self._shared.move_to_end(key)
             return self._shared[key][1]
         ref = ray.put(value)
+        self.transfer["put_bytes"] += _serialized_size(value)
         self._shared[key] = (value, ref)  # holding `value` keeps its id from being reused
         while len(self._shared) > SHARED_CACHE_SIZE:
             self._shared.popitem(last=False)
@@ -195,3 +201,9 @@ def _run_chunk(fn: Callable[..., R], items: Sequence[T], *shared: Any) -> list[R
     with threadpool_limits(limits=1, user_api="blas"):
         return [fn(*shared, item) for item in items]
 
+
+def _serialized_size(value: Any) -> int:
+    """Bytes of `value` pickled (protocol 5, as Ray serializes it, give or take its framing)."""
+    import pickle
+
+    return len(pickle.dumps(value, protocol=5))
