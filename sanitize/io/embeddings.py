@@ -137,10 +137,11 @@ class EmbeddingSource:
         elif shard.img_emb.shape[1] != self.dim:
             raise DataError(f"{shard.source}: embedding dimension {shard.img_emb.shape[1]} differs from "
                             f"{self.dim} in the first shard")
-        shard.img_emb = checked_embeddings(shard.img_emb, shard.source, shard.uids,
+        shard.img_emb = checked_embeddings(shard.img_emb, shard.source, shard.uids, first_row=start,
                                            require_normalized=self.require_normalized)
         if shard.text_emb is not None:
             shard.text_emb = checked_embeddings(shard.text_emb, part.get("text", shard.source), shard.uids,
+                                                first_row=start,
                                                 require_normalized=self.require_normalized)
         return shard
 
@@ -175,13 +176,13 @@ def open_embeddings(path: str | os.PathLike, *, embedding_col: str | None = None
                            embedding_col=col, id_col=id_col, path=str(path))
 
 
-def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_normalized: bool = False
-                       ) -> np.ndarray:
+def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_normalized: bool = False,
+                       first_row: int = 0) -> np.ndarray:
     """Return ``x`` if every row is finite, non-zero and unit-norm; renormalise (with a warning) rows that are not.
 
     Raises DataError naming ``source``, the row and its uid for NaN/inf rows, values beyond float32's range and zero
     rows, and for non-unit rows when ``require_normalized``. Reads the array in chunks, so a memory-map stays mostly
-    on disk.
+    on disk. `first_row`: the file row of ``x[0]`` (``x`` a slice of the file), so messages name the file's row.
     """
     _check_shape_and_dtype(source, x.shape, x.dtype)
     off = 0
@@ -190,20 +191,20 @@ def checked_embeddings(x: np.ndarray, source: str, uids: np.ndarray, *, require_
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             row = start + int(np.flatnonzero(~finite)[0])
-            raise DataError(f"{source}: row {row} (uid {uids[row]}) has a NaN or infinite value")
+            raise DataError(f"{source}: row {first_row + row} (uid {uids[row]}) has a NaN or infinite value")
         huge = (np.abs(block) > _FLOAT32_MAX).any(axis=1)
         if huge.any():
             row = start + int(np.flatnonzero(huge)[0])
-            raise DataError(f"{source}: row {row} (uid {uids[row]}) has a value beyond float32's range")
+            raise DataError(f"{source}: row {first_row + row} (uid {uids[row]}) has a value beyond float32's range")
         norms = np.linalg.norm(block, axis=1)  # float64: squares of float32-range values cannot overflow
         if (norms == 0).any():
             row = start + int(np.flatnonzero(norms == 0)[0])
-            raise DataError(f"{source}: row {row} (uid {uids[row]}) is all zeros")
+            raise DataError(f"{source}: row {first_row + row} (uid {uids[row]}) is all zeros")
         bad = np.abs(norms - 1) > NORM_TOLERANCE
         if bad.any() and require_normalized:
             row = start + int(np.flatnonzero(bad)[0])
-            raise DataError(f"{source}: row {row} (uid {uids[row]}) has norm {norms[row - start]:.4f}, not 1; "
-                            "drop --require-normalized to renormalise")
+            raise DataError(f"{source}: row {first_row + row} (uid {uids[row]}) has norm {norms[row - start]:.4f}, "
+                            "not 1; drop --require-normalized to renormalise")
         off += int(bad.sum())
     if off:
         logger.warning("%s: %d of %d rows were not L2-normalised; renormalised", source, off, len(x))

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = "dedup"
 NPY_SHARD_ROWS = 100_000  # a single .npy source is read as shards of at most this many rows,
-NPY_SHARDS = 16  # and at least this many (when it has as many rows), so every core has work
+NPY_SHARDS = 16  # and at least this many, so every core has work,
+NPY_MIN_SHARD_ROWS = 1000  # unless that makes shards smaller than this
 Progress = Callable[[str, int, int], Any]
 
 
@@ -268,7 +269,7 @@ class SourceShards(ShardedRows):
         self._part_sizes = [embeddings.part_rows(i) for i in range(embeddings.n_shards)]
         step = None  # a part is a shard, except a single .npy: shards of NPY_SHARD_ROWS, and at least NPY_SHARDS
         if embeddings.kind == "npy":
-            step = max(1, min(NPY_SHARD_ROWS, -(-self._part_sizes[0] // NPY_SHARDS)))
+            step = max(NPY_MIN_SHARD_ROWS, min(NPY_SHARD_ROWS, -(-self._part_sizes[0] // NPY_SHARDS)))
         self.pieces = [(part, start, min(size, start + (step or max(size, 1))))
                        for part, size in enumerate(self._part_sizes)
                        for start in range(0, max(size, 1), step or max(size, 1))]
