@@ -38,16 +38,13 @@ def rate_ratio(a, n1, c, n2, confidence: float = 0.95) -> tuple[np.ndarray, np.n
     c = np.asarray(c, dtype=np.float64)
     n1 = np.asarray(n1, dtype=np.float64)
     n2 = np.asarray(n2, dtype=np.float64)
-    ratio = _ratio(_ratio(a, n1), _ratio(c, n2))
-    ratio = np.where(c > 0, ratio, np.nan)
+    ratio = _ratio(_ratio(a, n1), _ratio(c, n2))  # NaN where c == 0 or a rate is undefined
+    # Katz: var(log ratio) = 1/a - 1/n1 + 1/c - 1/n2 >= 0, NaN where any count is 0, and NaN carries through
     var = _ratio(1, a) - _ratio(1, n1) + _ratio(1, c) - _ratio(1, n2)
-    ok = (a > 0) & (c > 0) & np.isfinite(var)
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_r = np.log(np.where(ok, ratio, 1.0))
-        half = _z(confidence) * np.sqrt(np.where(ok, np.clip(var, 0, None), 0.0))
-    lo = np.where(ok, np.exp(log_r - half), np.nan)
-    hi = np.where(ok, np.exp(log_r + half), np.nan)
-    return ratio, lo, hi
+        log_r = np.log(ratio)
+        half = _z(confidence) * np.sqrt(var)
+        return ratio, np.exp(log_r - half), np.exp(log_r + half)
 
 
 def two_proportion_p(a, n1, c, n2) -> np.ndarray:
@@ -57,9 +54,9 @@ def two_proportion_p(a, n1, c, n2) -> np.ndarray:
     """
     a, n1, c, n2 = (np.asarray(x, dtype=np.float64) for x in (a, n1, c, n2))
     pooled = _ratio(a + c, n1 + n2)
-    var = pooled * (1 - pooled) * (_ratio(1, n1) + _ratio(1, n2))
-    z = _ratio(_ratio(a, n1) - _ratio(c, n2), np.sqrt(np.where(var > 0, var, np.nan)))
-    return np.where(np.isfinite(z), 2 * sps.norm.sf(np.abs(z)), np.nan)
+    se = np.sqrt(pooled * (1 - pooled) * (_ratio(1, n1) + _ratio(1, n2)))
+    z = _ratio(_ratio(a, n1) - _ratio(c, n2), se)  # NaN where se is 0 (no variation) or undefined
+    return 2 * sps.norm.sf(np.abs(z))
 
 
 def chi_square_test(removed, kept) -> tuple[float, int, float, float]:
@@ -90,8 +87,6 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(np.isfinite(p))
     m = len(idx)
-    if m == 0:
-        return out
     order = idx[np.argsort(p[idx], kind="stable")]
     adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adjusted, 1.0)
@@ -104,11 +99,10 @@ def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
     out = np.full(p.shape, np.nan)
     idx = np.flatnonzero(np.isfinite(p))
     m = len(idx)
-    if m == 0:
-        return out
     order = idx[np.argsort(p[idx], kind="stable")]
     scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    # The running minimum from the largest p down starts at that p itself, so nothing exceeds 1.
+    out[order] = np.minimum.accumulate(scaled[::-1])[::-1]
     return out
 
 
@@ -173,6 +167,9 @@ def group_statistics(
     `included` (bool per group, default all) selects the groups for shares and tests. `reference` defaults to
     the included group with most rows before (ties: first in order). Undefined values are NaN; `notes` says why.
     """
+    sizes = {len(groups), len(before), len(kept)} | ({len(included)} if included is not None else set())
+    if len(sizes) > 1:
+        raise ValueError("groups, before, kept and included need one entry per group")
     g = GroupStatistics(
         groups=list(groups),
         before=np.asarray(before, dtype=np.int64),
@@ -186,7 +183,7 @@ def group_statistics(
     g.removed = g.before - g.kept
     g.removal_rate = _ratio(g.removed, g.before)
     g.removal_ci = wilson_interval(g.removed, g.before, confidence)
-    empty = [grp for grp, b, i in zip(g.groups, g.before, g.included, strict=True) if b == 0 and i]
+    empty = [g.groups[i] for i in np.flatnonzero((g.before == 0) & g.included)]
     if empty:
         g.notes.append(f"no rows before the stage in group(s) {', '.join(empty)}: rates and ratios are undefined")
 
@@ -201,7 +198,7 @@ def group_statistics(
     g.share_change_rel = _ratio(g.share_after - g.share_before, g.share_before)
 
     if g.reference is None and inc.any():
-        g.reference = g.groups[int(np.argmax(np.where(inc, g.before, -1)))]
+        g.reference = g.groups[int(np.argmax(g.before * inc))]  # included groups have rows, the others count 0
     n_ref = r_ref = 0
     if g.reference is not None:
         if g.reference not in g.groups:

@@ -250,12 +250,7 @@ def load_classifier(path: str | Path, *, dim: int | None = None) -> EmbeddingCla
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a safetensors classifier file ({exc})") from None
-    try:
-        meta = json.loads(header["sanitize"])
-    except (KeyError, json.JSONDecodeError):
-        raise DataError(f"{path}: safetensors file has no sanitize classifier metadata") from None
-    if meta.get("format") != "sanitize.safety.classifier" or meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: unsupported classifier format {meta.get('format')!r} v{meta.get('format_version')}")
+    meta = _checked_metadata(path, header)
     try:
         layers = [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"]) for i in range(meta["n_layers"])]
     except KeyError as exc:
@@ -271,7 +266,7 @@ def load_classifier(path: str | Path, *, dim: int | None = None) -> EmbeddingCla
         )
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
-    params = {k: tuple(v) if k == "hidden_layer_sizes" else v for k, v in meta.get("params", {}).items()}
+    params = {k: tuple(v) if k == "hidden_layer_sizes" else v for k, v in meta["params"].items()}
     clf.set_params(**{k: v for k, v in params.items() if k in clf.get_params()})
     if clf.dim != meta["dim"]:
         raise DataError(f"{path}: metadata says {meta['dim']}-d but the weights are {clf.dim}-d")
@@ -282,6 +277,36 @@ def load_classifier(path: str | Path, *, dim: int | None = None) -> EmbeddingCla
         )
     clf.metadata_ = meta
     return clf
+
+
+# Metadata keys a classifier file must or may hold, with the JSON types they must have (None: may be null).
+_REQUIRED_META = {"kind": str, "dim": int, "n_layers": int}
+_OPTIONAL_META = {"n_positive": (int, type(None)), "n_negative": (int, type(None)), "params": dict,
+                  "embedding_model": str}
+
+
+def _checked_metadata(path: Path, header: dict[str, str]) -> dict[str, Any]:
+    """The file's sanitize metadata as a dict with the expected keys and types; DataError naming the first
+    that is missing or wrong. The file is untrusted: nothing in it decides what gets allocated or run."""
+    try:
+        meta = json.loads(header["sanitize"])
+    except (KeyError, json.JSONDecodeError):
+        raise DataError(f"{path}: safetensors file has no sanitize classifier metadata") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: classifier metadata is a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != "sanitize.safety.classifier" or meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: unsupported classifier format {meta.get('format')!r} v{meta.get('format_version')}")
+    for key, types in [*_REQUIRED_META.items(), *_OPTIONAL_META.items()]:
+        if key not in meta and key in _OPTIONAL_META:
+            continue
+        value = meta.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DataError(f"{path}: classifier metadata {key!r} has the wrong type or is missing (got {value!r:.60})")
+    params = meta.setdefault("params", {})
+    sizes = params.get("hidden_layer_sizes", [])
+    if not isinstance(sizes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes):
+        raise DataError(f"{path}: classifier metadata 'params.hidden_layer_sizes' must be a list of integers")
+    return meta
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

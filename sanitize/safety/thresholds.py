@@ -103,7 +103,7 @@ def min_positives(target_recall: float, confidence: float) -> int:
     """
     target = check_level(target_recall, "target_recall")
     alpha = 1.0 - check_level(confidence, "confidence")
-    n = max(1, math.ceil(math.log(alpha) / math.log(target)))
+    n = math.ceil(math.log(alpha) / math.log(target))  # >= 1: both logs are negative
     # Agree exactly with the bound certified_threshold computes, whatever the rounding of the logs.
     while n > 1 and _cp_lower_misses(n - 1, 0, alpha) >= target:
         n -= 1
@@ -139,7 +139,7 @@ def certified_threshold(
     target = check_level(target_recall, "target_recall")
     conf = check_level(confidence, "confidence")
     s, y, w = check_audit_arrays(scores, labels, weights)
-    groups = _strata(w, strata, s.shape[0])
+    groups = _strata(w, strata, s.size)
     cert = _order_statistic(s, y, target, conf) if groups is None else _stratified(s, y, w, groups, target, conf)
     logger.info(
         "threshold %.6g (%s): recall >= %.4f at %.0f%% from %d positives of %d labels%s",
@@ -178,11 +178,12 @@ def _strata(w: np.ndarray | None, strata: ArrayLike | None, n_rows: int) -> np.n
 def _order_statistic(s: np.ndarray, y: np.ndarray, target: float, conf: float) -> ThresholdCertificate:
     alpha = 1.0 - conf
     pos = np.sort(s[y])
-    n_pos, n_labels = int(pos.shape[0]), int(s.shape[0])
+    n_pos, n_labels = int(pos.size), int(s.size)
     if n_pos == 0:
         return _flag_all(target, conf, n_labels, ORDER_STATISTIC)
-    # The bound can only pass when the point recall does, so misses beyond n(1 - target) need no check.
-    k = np.arange(min(n_pos - 1, math.floor(n_pos * (1 - target))) + 1)
+    # At confidence >= 1/2 the bound lies below the point recall, so it can only pass when the point recall does:
+    # misses beyond n(1 - target) (< n) need no check. Below 1/2 the bound can lie above it: check them all.
+    k = np.arange(math.floor(n_pos * (1 - target)) + 1 if conf >= 0.5 else n_pos)
     bounds = _cp_lower_misses(n_pos, k, alpha)
     passing = int(np.cumprod(bounds >= target).sum())
     if passing == 0:
@@ -217,7 +218,7 @@ def _stratified(
     s: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray, target: float, conf: float
 ) -> ThresholdCertificate:
     n_groups = int(groups.max()) + 1
-    n_labels = int(s.shape[0])
+    n_labels = int(s.size)
     n_h = np.bincount(groups, minlength=n_groups)
     w_h = np.zeros(n_groups)
     w_h[groups] = w
@@ -245,7 +246,7 @@ def _stratified(
         up = np.where(census, a / n_h, up)
         lo = np.where(census, b / n_h, lo)
         c_low, m_high = float((size_h * lo).sum()), float((size_h * up).sum())
-        return c_low / (c_low + m_high) if c_low > 0 else 0.0
+        return c_low / (c_low + m_high)  # c_low > 0: at a positive score some stratum catches one
 
     def estimate_at(j: int) -> float:
         return 1.0 - float((missed_at(j) * w_h).sum()) / positives_weighted
@@ -262,7 +263,7 @@ def _stratified(
             method=STRATIFIED_BONFERRONI, fallback="min-positive-score",
         )
     # The bound falls as the threshold rises, so bisect for the last passing candidate: O(log n) bounds.
-    j, failing = 0, candidates.shape[0]
+    j, failing = 0, candidates.size
     while failing - j > 1:
         mid = (j + failing) // 2
         if bound_at(mid) >= target:

@@ -11,12 +11,14 @@ from sanitize.audit.analysis import AuditOptions, audit_report
 from sanitize.audit.attributes import AttributeInfo
 from sanitize.audit.counts import count_shard
 from sanitize.audit.stats import (
+    adjust_pvalues,
     benjamini_hochberg,
     chi_square_test,
     group_statistics,
     holm,
     kish_ess,
     rate_ratio,
+    two_proportion_p,
 )
 from sanitize.errors import ConfigError
 from sanitize.intervals import wilson_interval
@@ -169,7 +171,9 @@ def test_direct_group_statistics_shares():
     np.testing.assert_allclose(g.share_before[:2], [0.6, 0.4])
     np.testing.assert_allclose(g.share_after[:2], [30 / 70, 40 / 70])
     np.testing.assert_allclose(g.share_change_pp[:2], 100 * np.array([30 / 70 - 0.6, 40 / 70 - 0.4]))
+    np.testing.assert_allclose(g.share_change_rel[:2], [(30 / 70 - 0.6) / 0.6, (40 / 70 - 0.4) / 0.4])
     assert g.reference == "a" and math.isnan(g.share_before[2])
+    assert g.notes == []  # every group has rows; the excluded one is not "empty" either
 
 
 def test_intersections_suppress_small_cells():
@@ -217,3 +221,204 @@ def test_bad_options_are_config_errors():
     ]:
         with pytest.raises(ConfigError, match=message):
             audit_report(counts, opts)
+
+
+# --- reference values at every confidence; what enters the tests and what does not -------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "n1", "c", "n2"), [(30, 100, 15, 100), (3, 10, 1, 12), (0, 50, 4, 50), (7, 7, 3, 9), (1, 2000, 9, 3000)]
+)
+def test_two_proportion_p_is_the_pearson_chi_square_p_of_the_2x2_table(a, n1, c, n2):
+    # The pooled z-test and the uncorrected χ² test of the 2×2 table are the same test (z² = χ²).
+    ref = sps.chi2_contingency([[a, n1 - a], [c, n2 - c]], correction=False).pvalue
+    assert float(two_proportion_p(a, n1, c, n2)) == pytest.approx(ref, rel=1e-9)
+    assert float(two_proportion_p(30, 100, 15, 100)) == pytest.approx(0.011085, abs=1e-6)
+
+
+def test_two_proportion_p_is_nan_without_variation_or_rows():
+    p = two_proportion_p([0, 5, 4, 10], [10, 5, 0, 10], [0, 8, 2, 10], [20, 8, 10, 10])
+    assert np.isnan(p).all()  # none removed; all removed; an empty group; all removed again
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.95, 0.99])
+def test_rate_ratio_katz_interval_at_every_confidence(confidence):
+    ratio, lo, hi = rate_ratio([20, 1], [100, 40], [10, 1], [100, 10], confidence)
+    z = sps.norm.ppf(1 - (1 - confidence) / 2)
+    for i, (a, n1, c, n2) in enumerate([(20, 100, 10, 100), (1, 40, 1, 10)]):
+        se = math.sqrt(1 / a - 1 / n1 + 1 / c - 1 / n2)
+        expected = (a / n1) / (c / n2)
+        assert ratio[i] == pytest.approx(expected)
+        assert (lo[i], hi[i]) == pytest.approx((expected * math.exp(-z * se), expected * math.exp(z * se)))
+
+
+def test_rate_ratio_edge_cases_with_one_removed_row():
+    ratio, lo, hi = rate_ratio([3, 0, 2, 4], [10, 10, 10, 0], [1, 1, 0, 1], [5, 5, 5, 5])
+    assert ratio[0] == pytest.approx(1.5) and np.isfinite([lo[0], hi[0]]).all()
+    assert ratio[1] == 0 and np.isnan([lo[1], hi[1]]).all()  # group lost nothing: no log interval
+    assert np.isnan([ratio[2], lo[2], hi[2]]).all()  # reference lost nothing: undefined
+    assert np.isnan([ratio[3], lo[3], hi[3]]).all()  # empty group
+    # every row of both removed: ratio 1 with a zero-width interval (1/a - 1/n1 = 0)
+    ratio, lo, hi = rate_ratio(5, 5, 2, 2)
+    assert (float(ratio), float(lo), float(hi)) == (1.0, 1.0, 1.0)
+
+
+def test_chi_square_with_two_groups_matches_scipy():
+    chi2, dof, p, v = chi_square_test([12, 30], [88, 70])
+    ref = sps.chi2_contingency([[12, 88], [30, 70]], correction=False)
+    assert (chi2, dof, p) == (pytest.approx(ref.statistic), 1, pytest.approx(ref.pvalue))
+    assert v == pytest.approx(math.sqrt(ref.statistic / 200))
+    # an empty group is dropped before counting groups; every row removed is as untestable as none
+    assert chi_square_test([12, 30, 0], [88, 70, 0])[:2] == (pytest.approx(ref.statistic), 1)
+    assert all(math.isnan(x) for x in chi_square_test([10, 20], [0, 0])[::2])
+
+
+def _holm_by_hand(p):
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (len(p) - rank) * p[i])
+        out[i] = min(running, 1.0)
+    return out
+
+
+def test_holm_and_bh_match_references_on_many_pvalues():
+    p = np.random.default_rng(3).random(12) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), sps.false_discovery_control(p, method="bh"), rtol=1e-12)
+    np.testing.assert_allclose(holm(p), _holm_by_hand(list(p)), rtol=1e-12)
+    with_nan = np.r_[np.nan, p, np.nan]
+    np.testing.assert_allclose(benjamini_hochberg(with_nan)[1:-1], benjamini_hochberg(p), rtol=1e-12)
+    assert np.isnan(holm([np.nan, np.nan])).all() and np.isnan(benjamini_hochberg([np.nan])).all()
+    assert holm([]).shape == (0,) and benjamini_hochberg([]).shape == (0,)
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # capped at 1
+
+
+def test_adjust_pvalues_dispatches_and_rejects_unknown_methods():
+    p = [0.01, 0.04, 0.03]
+    np.testing.assert_array_equal(adjust_pvalues(p), holm(p))
+    np.testing.assert_array_equal(adjust_pvalues(p, "bh"), benjamini_hochberg(p))
+    np.testing.assert_array_equal(adjust_pvalues(p, "fdr_bh"), benjamini_hochberg(p))
+    with pytest.raises(ValueError, match="unknown correction"):
+        adjust_pvalues(p, "bonferroni")
+
+
+@pytest.mark.parametrize("correction", ["holm", "bh"])
+def test_audit_adjusts_every_pvalue_of_the_report_together(correction):
+    df = planted(6000, {"a": 0.2, "b": 0.1, "c": 0.12, "d": 0.1}, seed=4)
+    report = audit_report(count_shard(df, ["g"]), AuditOptions(correction=correction))
+    slots = [s for e in report["entries"] for s in [e["test"], *(g for g in e["groups"] if not g["suppressed"])]]
+    raw = np.array([math.nan if s["p"] is None else s["p"] for s in slots])
+    tested = np.isfinite(raw)
+    ref = sps.false_discovery_control(raw[tested], method="bh") if correction == "bh" else _holm_by_hand(
+        list(raw[tested]))
+    np.testing.assert_allclose([s["p_adj"] for s, t in zip(slots, tested, strict=True) if t], ref, rtol=1e-12)
+    assert tested.sum() >= 4
+    flagged = {g["group"] for g in groups_of(entry(report, "attribute:g:stage:f")).values() if g["flagged"]}
+    assert flagged == {"a"}
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.99])
+def test_group_statistics_intervals_follow_the_confidence(confidence):
+    g = group_statistics(["a", "b"], [200, 100], [150, 90], confidence=confidence)
+    lo, hi = wilson_interval([50, 10], [200, 100], confidence)
+    np.testing.assert_allclose(g.removal_ci[0], lo)
+    np.testing.assert_allclose(g.removal_ci[1], hi)
+    _, rlo, rhi = rate_ratio([50, 10], [200, 100], 50, 200, confidence)
+    np.testing.assert_allclose(g.ratio_ci[0], rlo)
+    np.testing.assert_allclose(g.ratio_ci[1], rhi)
+
+
+def test_excluded_groups_stay_out_of_shares_ratios_and_tests():
+    # "unknown" is the largest group and loses 90% of its rows; it must move none of the numbers of a and b.
+    groups, before, kept = ["a", "b", "unknown"], [300, 200, 1000], [240, 170, 100]
+    g = group_statistics(groups, before, kept, included=[True, True, False])
+    alone = group_statistics(groups[:2], before[:2], kept[:2])
+    assert g.reference == "a" == alone.reference
+    for name in ["share_before", "share_after", "share_change_pp", "ratio", "p_value"]:
+        np.testing.assert_allclose(getattr(g, name)[:2], getattr(alone, name), err_msg=name)
+        assert math.isnan(getattr(g, name)[2]), name
+    assert (g.chi2, g.dof, g.chi2_p) == (alone.chi2, 1, alone.chi2_p)
+    ref = sps.chi2_contingency([[60, 240], [30, 170]], correction=False)
+    assert g.chi2 == pytest.approx(ref.statistic) and g.chi2_p == pytest.approx(ref.pvalue)
+    assert g.p_value[1] == pytest.approx(ref.pvalue)  # b against the reference a: the same 2×2 table
+    # the excluded group still gets its own removal rate and interval
+    assert g.removal_rate[2] == pytest.approx(0.9) and g.removal_ci[0][2] > 0.85
+
+
+def test_group_statistics_reference_notes_and_bad_counts():
+    g = group_statistics(["a", "b"], [100, 50], [100, 40])
+    assert g.reference == "a" and any("reference group a lost no rows" in n for n in g.notes)
+    assert math.isnan(g.ratio[1]) and g.p_value[1] == pytest.approx(
+        sps.chi2_contingency([[0, 100], [10, 40]], correction=False).pvalue)
+    tie = group_statistics(["x", "y"], [50, 50], [40, 45])
+    assert tie.reference == "x"  # ties: first in order
+    named = group_statistics(["x", "y"], [50, 50], [40, 45], reference="y")
+    assert named.ratio[0] == pytest.approx(2.0) and math.isnan(named.p_value[1])
+    one = group_statistics(["x", "y"], [50, 0], [40, 0])
+    assert any("fewer than two groups" in n for n in one.notes) and math.isnan(one.chi2)
+    gone = group_statistics(["x", "y"], [50, 20], [0, 0])
+    assert any("removed every row" in n for n in gone.notes) and np.isnan(gone.share_after).all()
+    with pytest.raises(ValueError, match="kept counts"):
+        group_statistics(["x"], [5], [6])
+    with pytest.raises(ValueError, match="kept counts"):
+        group_statistics(["x"], [5], [-1])
+    with pytest.raises(ValueError, match="not among the groups"):
+        group_statistics(["x"], [5], [4], reference="z")
+
+
+def test_kish_ess_of_small_weights_is_not_zero():
+    # Σw² <= 1 is no reason for 0: equal weights of any size give the number of rows
+    assert kish_ess([0.5]) == pytest.approx(1.0)
+    assert kish_ess([0.2, 0.2, 0.2]) == pytest.approx(3.0)
+    assert kish_ess([0.1, 0.3], counts=[1, 2]) == pytest.approx(0.49 / 0.19)
+    assert kish_ess([]) == 0.0 and kish_ess([0.0, 0.0]) == 0.0
+
+
+def test_chi_square_keeps_one_row_groups_and_single_removals():
+    # a group of one row is a group; one removed row in all is enough to test
+    for removed, kept in [([1, 10, 20], [0, 90, 80]), ([1, 0], [9, 10]), ([5, 6], [0, 1])]:
+        chi2, dof, p, _ = chi_square_test(removed, kept)
+        ref = sps.chi2_contingency(np.stack([removed, kept], axis=1), correction=False)
+        assert (chi2, dof, p) == (pytest.approx(ref.statistic), ref.dof, pytest.approx(ref.pvalue))
+
+
+@pytest.mark.parametrize(("removed", "kept"), [([0, 0], [10, 20]), ([10, 20], [0, 0]), ([3, 0], [7, 0]), ([], [])])
+def test_chi_square_without_anything_to_compare_is_nan_with_zero_dof(removed, kept):
+    chi2, dof, p, v = chi_square_test(removed, kept)
+    assert dof == 0 and math.isnan(chi2) and math.isnan(p) and math.isnan(v)
+
+
+def test_one_pvalue_is_its_own_adjustment():
+    assert holm([0.03]).tolist() == [0.03] and benjamini_hochberg([0.03]).tolist() == [0.03]
+    np.testing.assert_array_equal(holm([np.nan, 0.2]), [np.nan, 0.2])
+    np.testing.assert_array_equal(benjamini_hochberg([0.2, np.nan]), [0.2, np.nan])
+    assert benjamini_hochberg([0.9, 0.95, 1.0]).max() == 1.0
+
+
+def test_group_statistics_default_confidence_is_95_percent_and_lengths_must_agree():
+    default = group_statistics(["a", "b"], [200, 100], [150, 90])
+    explicit = group_statistics(["a", "b"], [200, 100], [150, 90], confidence=0.95)
+    np.testing.assert_array_equal(default.removal_ci, explicit.removal_ci)
+    np.testing.assert_array_equal(default.ratio_ci, explicit.ratio_ci)
+    with pytest.raises(ValueError, match="one entry per group"):
+        group_statistics(["a", "b", "c"], [10, 20], [5, 5])
+    with pytest.raises(ValueError, match="one entry per group"):
+        group_statistics(["a", "b"], [10, 20], [5, 5], included=[True])
+
+
+def test_a_group_of_one_row_takes_part():
+    g = group_statistics(["a", "b"], [1, 9], [0, 5])
+    np.testing.assert_allclose(g.share_before, [0.1, 0.9])
+    np.testing.assert_allclose(g.share_after, [0.0, 1.0])
+    assert g.reference == "b" and g.ratio[0] == pytest.approx(1 / (4 / 9))
+    assert g.dof == 1 and g.chi2 == pytest.approx(
+        sps.chi2_contingency([[1, 0], [4, 5]], correction=False).statistic)
+
+
+def test_the_reference_lost_no_rows_note_follows_what_was_removed():
+    def notes(before, kept, reference="r"):
+        return " | ".join(group_statistics(["r", "x"], before, kept, reference=reference).notes)
+
+    assert "reference group r lost no rows" in notes([1, 5], [1, 4])  # a one-row reference, one removal in all
+    assert "lost no rows" not in notes([5, 5], [5, 5])  # nothing removed at all: another note says so
+    assert "lost no rows" not in notes([0, 5], [0, 4])  # an empty reference has no rate to lose rows from

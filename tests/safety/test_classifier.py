@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import warnings
 
@@ -168,3 +169,58 @@ def test_laion_head_errors(tmp_path, shared_data):
     bad.write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a weights-only torch state dict"):
         load_laion_nsfw_head(bad)
+
+
+# --- untrusted files: crafted headers and metadata get a one-line DataError, nothing declared is allocated ---
+
+_META = {"format": "sanitize.safety.classifier", "format_version": 1, "kind": "logistic", "dim": 2, "n_layers": 1}
+_LAYER = {"layers.0.weight": {"dtype": "F32", "shape": [2, 1], "data_offsets": [0, 8]},
+          "layers.0.bias": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}
+
+
+_BODY = bytes(12)  # three float32 zeros
+
+
+def _crafted(path, meta=_META, tensors=_LAYER, body=_BODY, header_len=None):
+    """A safetensors file written by hand: 8-byte little-endian header length, JSON header, raw bytes."""
+    metadata = {"sanitize": meta if isinstance(meta, str) else json.dumps(meta)}
+    header = json.dumps({"__metadata__": metadata, **tensors}).encode()
+    path.write_bytes(struct.pack("<Q", len(header) if header_len is None else header_len) + header + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("craft", "message"),
+    [
+        ({"header_len": 2**62}, "not a safetensors classifier file"),  # a 4 EiB header
+        ({"header_len": 10**6}, "not a safetensors classifier file"),  # longer than the file
+        ({"tensors": {**_LAYER, "layers.0.weight": {"dtype": "F32", "shape": [2**31, 2**31],
+                                                    "data_offsets": [0, 2**64 - 1]}}}, "not a safetensors"),
+        ({"tensors": {**_LAYER, "layers.0.weight": {"dtype": "F32", "shape": [10**5, 10**5],
+                                                    "data_offsets": [0, 4 * 10**10]}}}, "not a safetensors"),
+        ({"meta": "[1, 2]"}, "metadata is a JSON list"),
+        ({"meta": {**_META, "n_layers": "1"}}, "'n_layers' has the wrong type"),
+        ({"meta": {**_META, "n_layers": 10**12}}, "missing tensor layers.1.weight"),
+        ({"meta": {**_META, "n_layers": 0}}, "at least one layer"),
+        ({"meta": {k: v for k, v in _META.items() if k != "kind"}}, "'kind' has the wrong type or is missing"),
+        ({"meta": {k: v for k, v in _META.items() if k != "dim"}}, "'dim' has the wrong type or is missing"),
+        ({"meta": {**_META, "dim": 10**12}}, "metadata says 1000000000000-d but the weights are 2-d"),
+        ({"meta": {**_META, "dim": True}}, "'dim' has the wrong type"),
+        ({"meta": {**_META, "params": [1]}}, "'params' has the wrong type"),
+        ({"meta": {**_META, "params": {"hidden_layer_sizes": 5}}}, "hidden_layer_sizes' must be a list"),
+        ({"meta": {**_META, "n_positive": "many"}}, "'n_positive' has the wrong type"),
+        ({"tensors": {**_LAYER, "layers.0.weight": {"dtype": "F32", "shape": [2, 1, 1], "data_offsets": [0, 8]}}},
+         "do not chain"),
+    ],
+)
+def test_crafted_classifier_files_get_one_line_errors(tmp_path, craft, message):
+    path = _crafted(tmp_path / "crafted.safetensors", **craft)
+    with pytest.raises(DataError, match=message) as err:
+        load_classifier(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_crafted_file_with_sane_metadata_still_loads(tmp_path):
+    clf = load_classifier(_crafted(tmp_path / "ok.safetensors", body=np.array([1, -1, 0.5], np.float32).tobytes()))
+    assert clf.dim == 2 and clf.positive_proba(np.array([[1.0, 0.0]], np.float32))[0] == pytest.approx(
+        1 / (1 + math.exp(-1.5)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -335,3 +336,201 @@ def test_stratified_threshold_is_the_highest_positive_score_passing_the_bound():
     # monotone: every lower candidate passes too, every higher one fails
     assert all(b >= 0.9 for t, b in bounds.items() if t <= cert.threshold)
     assert all(b < 0.9 for t, b in bounds.items() if t > cert.threshold)
+
+
+# --- exact answers on small inputs: one and few positives, every confidence, the fallbacks, field by field ---
+
+
+def _reference_order_statistic(n: int, target: float, confidence: float) -> tuple[int, float] | None:
+    """(misses allowed, bound) from scipy's beta quantiles, one miss count at a time; None when none passes."""
+    best = None
+    for k in range(n):
+        bound = float(stats.beta.ppf(1 - confidence, n - k, k + 1))  # Clopper–Pearson lower, k of n missed
+        if bound < target:
+            break
+        best = (k, bound)
+    return best
+
+
+@pytest.mark.parametrize("confidence", [0.3, 0.8, 0.9, 0.99])
+@pytest.mark.parametrize("target", [0.01, 0.05, 0.2, 0.5, 0.8, 0.9, 0.95])
+def test_order_statistic_certificate_matches_the_beta_quantiles_for_few_positives(target, confidence):
+    # (below 50% confidence the bound can exceed the point recall: 21 positives certify recall >= 0.05 at 30%
+    # with 20 misses allowed, so no miss count may be skipped for having a point recall under the target)
+    rng = np.random.default_rng(14)
+    for n in [1, 2, 3, 5, 10, 21, 40, 200]:
+        pos = rng.permutation(np.arange(1, n + 1, dtype=float))
+        scores, labels = np.r_[pos, rng.random(7)], np.r_[np.ones(n), np.zeros(7)]
+        cert = certified_threshold(scores, labels, target_recall=target, confidence=confidence)
+        ref = _reference_order_statistic(n, target, confidence)
+        assert (cert.n_positives, cert.n_labels) == (n, n + 7)
+        if ref is None:
+            assert not cert.certified and cert.fallback == "min-positive-score" and cert.threshold == 1.0
+            assert cert.recall_lower_bound == pytest.approx(stats.beta.ppf(1 - confidence, n, 1), rel=1e-9)
+            assert cert.recall_estimate == 1.0 and cert.misses_allowed == 0
+            short = min_positives(target, confidence) - n
+            assert cert.more_labels_needed == math.ceil(short * (n + 7) / n)
+        else:
+            k, bound = ref
+            assert cert.certified and cert.fallback is None and cert.more_labels_needed is None
+            assert cert.threshold == k + 1.0 and cert.misses_allowed == k  # the (k+1)-th lowest positive
+            assert cert.recall_lower_bound == pytest.approx(bound, rel=1e-9)
+            assert cert.recall_estimate == (n - k) / n
+
+
+def test_one_positive_certifies_a_low_target_and_two_may_lose_one():
+    # one positive, 90% confidence: the bound is 1 - 0.9 = 0.1, so recall >= 0.09 holds and recall >= 0.2 does not
+    low = certified_threshold([0.3, 0.7], [0, 1], target_recall=0.09, confidence=0.9)
+    assert low.certified and low.threshold == 0.7 and low.recall_lower_bound == pytest.approx(0.1)
+    high = certified_threshold([0.3, 0.7], [0, 1], target_recall=0.2, confidence=0.9)
+    assert not high.certified and high.threshold == 0.7 and high.more_labels_needed == 2
+    # two positives, target 1%: one may fall below (1 - sqrt(0.95) = 0.025 >= 0.01), so the higher one is the cut
+    two = certified_threshold([0.2, 0.6], [1, 1], target_recall=0.01, confidence=0.95)
+    assert two.certified and two.threshold == 0.6 and two.misses_allowed == 1 and two.recall_estimate == 0.5
+    assert two.recall_lower_bound == pytest.approx(1 - math.sqrt(0.95))
+
+
+def test_a_bound_exactly_at_the_target_certifies():
+    # 4 positives, no miss: the bound is (1 - confidence) ** (1 / 4) = 0.6561 ** 0.25 = 0.9 exactly
+    cert = certified_threshold([0.1, 0.2, 0.3, 0.4], np.ones(4), target_recall=0.9, confidence=0.3439)
+    assert cert.certified and cert.threshold == 0.1 and cert.recall_lower_bound == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize(
+    ("target", "confidence", "expected"),
+    # the last two sit on a rounding edge of log(alpha) / log(target): one above, one below the exact answer
+    [(0.99, 0.95, 299), (0.9, 0.8, 16), (0.5, 0.99, 7), (0.9, 0.3439, 4), (0.57, 0.9398307943, 6)],
+)
+def test_min_positives_agrees_with_the_certificate_on_rounding_edges(target, confidence, expected):
+    n = min_positives(target, confidence)
+    assert n == expected
+    assert certified_threshold(np.arange(n, dtype=float), np.ones(n), target_recall=target,
+                               confidence=confidence).certified
+    assert not certified_threshold(np.arange(n - 1, dtype=float), np.ones(n - 1), target_recall=target,
+                                   confidence=confidence).certified
+
+
+def test_tied_positives_at_the_cut_are_not_counted_as_missed():
+    # 40 positives at 90% / 80%: one miss allowed, so the cut is the second lowest score, which ties the lowest
+    scores = np.r_[0.5, 0.5, np.linspace(0.6, 0.9, 38)]
+    cert = certified_threshold(scores, np.ones(40), target_recall=0.9, confidence=0.8)
+    assert cert.threshold == 0.5 and cert.misses_allowed == 1
+    assert cert.recall_estimate == 1.0  # nothing scores below 0.5
+
+
+@pytest.mark.parametrize("stratified", [False, True])
+def test_no_positive_flags_everything_field_by_field(stratified):
+    weights = dict(weights=np.r_[np.full(5, 2.0), np.full(5, 4.0)], strata=np.r_[np.zeros(5), np.ones(5)])
+    cert = certified_threshold(np.linspace(0, 1, 10), np.zeros(10), target_recall=0.9, confidence=0.9,
+                               **(weights if stratified else {}))
+    assert cert.method == ("stratified-bonferroni" if stratified else "order-statistic")
+    assert (cert.threshold, cert.certified, cert.fallback) == (-math.inf, False, "flag-all")
+    assert (cert.recall_lower_bound, cert.recall_estimate) == (1.0, 1.0)
+    assert (cert.n_positives, cert.n_labels, cert.misses_allowed, cert.more_labels_needed) == (0, 10, 0, None)
+
+
+def test_certificates_cannot_be_changed_after_the_fact():
+    cert = certified_threshold(_positives(300), np.ones(300), target_recall=0.99, confidence=0.95)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cert.threshold = 0.0
+
+
+def _stratified_bounds(s, y, w, strata, confidence) -> dict[float, float]:
+    """The stratified bound at every positive score, stratum by stratum with scipy's beta quantiles: fully
+    labelled strata (weight 1) exact, the others one-sided Clopper–Pearson at alpha / (2 * sampled strata)."""
+    weight = {h: w[strata == h][0] for h in np.unique(strata)}
+    sampled = [h for h in weight if weight[h] != 1]
+    alpha_each = (1 - confidence) / max(2 * len(sampled), 1)
+    bounds = {}
+    for t in np.unique(s[y]):
+        caught_low = missed_high = 0.0
+        for h in weight:
+            rows = strata == h
+            n = int(rows.sum())
+            missed, caught = int(np.sum(rows & y & (s < t))), int(np.sum(rows & y & (s >= t)))
+            if h in sampled:
+                missed_up = 1.0 if missed == n else stats.beta.ppf(1 - alpha_each, missed + 1, n - missed)
+                caught_low_h = 0.0 if caught == 0 else stats.beta.ppf(alpha_each, caught, n - caught + 1)
+            else:
+                missed_up, caught_low_h = missed / n, caught / n
+            missed_high += weight[h] * n * missed_up
+            caught_low += weight[h] * n * caught_low_h
+        bounds[float(t)] = caught_low / (caught_low + missed_high)
+    return bounds
+
+
+def _design(name: str):
+    """Small stratified audits: (scores, labels, weights, strata, target)."""
+    if name == "lowest-positive-is-the-answer":  # a census stratum of 40 positives, a sampled one without any
+        return (np.r_[np.arange(1, 41), np.full(10, 0.5), np.linspace(0, 0.9, 100)], np.r_[np.ones(40), np.zeros(110)],
+                np.r_[np.ones(50), np.full(100, 2.0)], np.r_[np.zeros(50), np.ones(100)], 0.86)
+    if name == "five-positives":  # 5 positives in 200 labels standing for 1,200 rows: nothing to certify
+        return (np.r_[np.linspace(0.5, 0.9, 5), np.linspace(0, 0.4, 95), np.linspace(0, 0.3, 100)],
+                np.r_[np.ones(5), np.zeros(195)], np.r_[np.full(100, 2.0), np.full(100, 10.0)],
+                np.r_[np.zeros(100), np.ones(100)], 0.9)
+    if name == "all-positive-stratum-below":  # every labelled row of the low stratum is a positive
+        return (np.r_[[0.1, 0.2, 0.3, 0.4], np.linspace(0.5, 0.99, 150), np.linspace(0, 0.45, 50)],
+                np.r_[np.ones(154), np.zeros(50)], np.r_[np.full(4, 3.0), np.full(200, 2.0)],
+                np.r_[np.zeros(4), np.ones(200)], 0.5)
+    if name == "one-positive-in-a-stratum":  # the high stratum's single positive is still caught at the answer
+        return (np.r_[0.95, np.linspace(0, 0.5, 49), np.linspace(0.2, 0.8, 60), np.linspace(0, 0.6, 40)],
+                np.r_[1, np.zeros(49), np.ones(60), np.zeros(40)], np.r_[np.full(50, 1.5), np.full(100, 4.0)],
+                np.r_[np.zeros(50), np.ones(100)], 0.5)
+    # three strata, the top one all positives
+    return (np.r_[np.linspace(0.8, 1, 30), np.linspace(0.3, 0.8, 80), np.linspace(0, 0.5, 90)],
+            np.r_[np.ones(30), np.arange(80) % 2, np.arange(90) % 30 == 0],
+            np.r_[np.full(30, 2.0), np.full(80, 5.0), np.full(90, 20.0)], np.repeat([2, 1, 0], [30, 80, 90]), 0.6)
+
+
+DESIGNS = ["lowest-positive-is-the-answer", "five-positives", "all-positive-stratum-below",
+           "one-positive-in-a-stratum", "all-positive-top-stratum"]
+
+
+@pytest.mark.parametrize("confidence", [0.8, 0.9, 0.99])
+@pytest.mark.parametrize("design", DESIGNS)
+def test_stratified_certificate_field_by_field_on_small_designs(design, confidence):
+    s, y, w, strata, target = _design(design)
+    s, y = np.asarray(s, dtype=float), np.asarray(y, dtype=bool)
+    cert = certified_threshold(s, y, target_recall=target, confidence=confidence, weights=w, strata=strata)
+    bounds = _stratified_bounds(s, y, w, strata, confidence)
+    passing = [t for t, b in bounds.items() if b >= target]
+    assert cert.method == "stratified-bonferroni" and (cert.n_positives, cert.n_labels) == (y.sum(), len(y))
+    assert cert.certified == bool(passing)
+    if passing:
+        assert cert.threshold == max(passing) and cert.fallback is None and cert.more_labels_needed is None
+    else:
+        assert cert.threshold == min(bounds) and cert.fallback == "min-positive-score"
+        prevalence = (w * y).sum() / w.sum()  # weighted positives over the rows the sample stands for
+        assert cert.more_labels_needed == math.ceil(min_positives(target, confidence) / prevalence)
+    assert cert.recall_lower_bound == pytest.approx(bounds[cert.threshold], rel=1e-9)
+    below = y & (s < cert.threshold)
+    assert cert.misses_allowed == below.sum()
+    assert cert.recall_estimate == pytest.approx(1 - (w * below).sum() / (w * y).sum(), rel=1e-12)
+    assert 0 <= cert.recall_lower_bound <= cert.recall_estimate <= 1
+
+
+def test_stratified_designs_reach_the_cases_they_are_named_for():
+    def cert(design, confidence=0.9):
+        s, y, w, strata, target = _design(design)
+        return certified_threshold(s, y, target_recall=target, confidence=confidence, weights=w, strata=strata)
+
+    lowest = cert("lowest-positive-is-the-answer")
+    assert lowest.certified and lowest.threshold == 1.0 and lowest.recall_estimate == 1.0
+    few = cert("five-positives")
+    assert not few.certified and few.threshold == 0.5 and few.recall_lower_bound < 0.1
+    assert few.more_labels_needed == 2640  # 22 positives at a prevalence of 10 / 1,200
+    # the low stratum's 4 labelled positives stand for up to all of its 12 rows: recall at 0.5 cannot pass 0.95
+    below = cert("all-positive-stratum-below", 0.8)
+    assert below.certified and 0.5 < below.threshold < 0.75 and below.misses_allowed > 4
+    one = cert("one-positive-in-a-stratum")
+    assert one.certified and one.threshold < 0.95
+
+
+def test_a_stratified_bound_exactly_at_the_target_certifies():
+    s, y, w, strata, _ = _design("lowest-positive-is-the-answer")
+    # not certifiable at 0.99: the certificate reports the lowest positive's bound (0.871) ...
+    short = certified_threshold(s, y, target_recall=0.99, confidence=0.9, weights=w, strata=strata)
+    assert not short.certified and short.threshold == 1.0
+    # ... and that bound, taken as the target, certifies there
+    cert = certified_threshold(s, y, target_recall=short.recall_lower_bound, confidence=0.9, weights=w, strata=strata)
+    assert cert.certified and cert.threshold == 1.0 and cert.recall_lower_bound == short.recall_lower_bound
