@@ -10,7 +10,7 @@ RUN/
   stages/<stage>/_done/00000       completion marker, written after the shard's files; holds the shard's counts
   stats.json                       per stage: rows in, kept, dropped by reason, seconds, peak memory, details
   audit/                           report.{html,md,json}, weights.parquet, _done/
-  export/                          kept manifest shards + removed.parquet, _done/
+  export/                          kept manifest shards + removed.parquet (+ removed/ per shard), _done/
 ```
 
 A stage is resumable: a shard whose marker exists is skipped on a rerun. A stage's config is fingerprinted; a
