@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -130,3 +132,23 @@ def test_refused_chain_keeps_rows_exactly_at_the_threshold_as_duplicates():
     assert g.cosine_to_kept[2] == at
     g = decide_groups(x, a, b, np.nextafter(at, 1.0), refuse_chains=True)
     np.testing.assert_array_equal(g.keep, [True, False, True, True])
+
+
+def test_refused_rows_are_grouped_only_by_their_own_pairs():
+    # 0 ~ 1 ~ 2 and 1 ~ 3 along one arc; 2 and 3 are the same point but were never paired. Keeping 0 removes 1
+    # and refuses 2 and 3 (too far from 0); a removed row does not link them, so both stay.
+    step = np.arccos(0.96)
+    angles = np.array([0.0, step, 2 * step, 2 * step])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    g = decide_groups(x, np.array([0, 1, 1]), np.array([1, 2, 3]), THRESHOLD, refuse_chains=True)
+    np.testing.assert_array_equal(g.keep, [True, False, True, True])
+    np.testing.assert_array_equal(g.duplicate_of, [-1, 0, -1, -1])
+
+
+def test_no_rows_no_groups_and_decisions_are_frozen():
+    g = decide_groups(np.zeros((0, 3), np.float32), np.array([], np.int64), np.array([], np.int64), THRESHOLD)
+    assert g.n_groups == 0 and g.keep.shape == (0,)
+    x, a, b = _chain()
+    g = decide_groups(x, a, b, THRESHOLD)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.keep = np.zeros(4, bool)
