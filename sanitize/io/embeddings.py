@@ -91,6 +91,11 @@ class EmbeddingSource:
         if rows == 0:
             raise DataError(f"{self.path}: no embeddings (every shard has 0 rows)")
 
+    def part_files(self, index: int) -> dict[str, Path]:
+        """The files of part `index` by role: "img" (.npy), "meta" and "text" for clip-retrieval folders, "path"
+        for a parquet file."""
+        return {role: path for role, path in self._parts[index].items() if isinstance(path, Path)}
+
     def part_number(self, index: int) -> int:
         """The shard number in part `index`'s file name (a run's shard index), or `index` when it has none."""
         return self._parts[index].get("number", index)

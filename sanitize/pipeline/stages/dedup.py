@@ -288,7 +288,7 @@ class SourceShards(ShardedRows):
 
     def fingerprint(self) -> str:
         e = self.embeddings
-        files = [f for part in e._parts for f in part.values() if isinstance(f, Path)]
+        files = [f for i in range(e.n_shards) for f in e.part_files(i).values()]
         if self.run_path:
             files += [f for f in RunFolder(self.run_path).manifest().files]
         return file_fingerprint(files) + f"|{self.hash_col}|{self.keep_by}|{e.embedding_col}|{e.id_col}"
@@ -301,7 +301,7 @@ class SourceShards(ShardedRows):
 
     def name(self, shard: int) -> str:
         part, start, _ = self.pieces[shard]
-        files = self.embeddings._parts[part]
+        files = self.embeddings.part_files(part)
         path = files.get("img") or files.get("path")
         return f"{path}" + (f" (rows from {start})" if start else "")
 
@@ -333,7 +333,7 @@ class SourceShards(ShardedRows):
         if e.kind == "parquet":
             return [read_schema(f).names for f in e.parquet_files]
         if e.kind == "clip-retrieval":
-            return [read_schema(part["meta"]).names for part in e._parts]
+            return [read_schema(e.part_files(i)["meta"]).names for i in range(e.n_shards)]
         return []
 
     def _side(self, shard: int, column: str) -> pa.Array:
@@ -367,7 +367,7 @@ class SourceShards(ShardedRows):
             side = read_parquet(path, columns=[c for c in wanted if c in names])
             side = side.append_column("uid", pa.array(uids.tolist(), pa.string()))
         elif e.kind == "clip-retrieval":
-            meta = read_parquet(e._parts[part]["meta"])
+            meta = read_parquet(e.part_files(part)["meta"])
             side = pa.table({"uid": pa.array(uids.tolist(), pa.string()),
                              **{c: meta[c] for c in wanted if c in meta.column_names}})
         else:
