@@ -25,6 +25,14 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     kept = stages["export"]["kept"]
     assert 0 < kept < 300  # broken rows, filtered and duplicate rows are removed
     assert json.loads((run / "stats.json").read_text())["pipeline"]["totals"]["kept"] == kept
+    # Each promise travels in the JSON with its number: the audit's answer first, then classify and dedup.
+    answer = summary["women_vs_men"]
+    assert answer["attribute"] == "caption_gender" and answer["stages"]
+    assert {"female", "male"} <= set(answer["stages"][0]) and len(answer["stages"][0]["female"]["ci"]) == 2
+    assert set(summary["versus_truth"]["classify"]) == {"sexual", "violence"}
+    assert summary["versus_truth"]["dedup"]["planted_pairs"] > 0
+    assert "Did the filters remove rows about women" in runner.invoke(
+        cli, ["demo", str(tmp_path / "demo"), "--rows", "300", "--workers", "0"]).output
     again = runner.invoke(cli, ["demo", str(tmp_path / "demo"), "--rows", "300", "--workers", "0", "--json"])
     assert again.exit_code == 0, again.output
     assert {r["stage"]: r for r in json.loads(again.stdout)["stages"]}["export"]["kept"] == kept
@@ -33,7 +41,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
 def test_demo_is_sanitize_run_with_its_written_config(tmp_path):
     from sanitize.demo.run import run_demo
 
-    summary = run_demo(tmp_path / "d", n_rows=300, workers=0)
+    # Random weights (--pretrained none) still run the whole demo: the mechanics do not need a trained model.
+    summary = run_demo(tmp_path / "d", n_rows=300, workers=0, pretrained="none")
     assert set(summary["categories"]) == {"sexual", "violence"}
     assert (tmp_path / "d" / "run" / "audit" / "report.html").exists()
     assert (tmp_path / "d" / "project" / "labels" / "sexual.parquet").exists()
@@ -42,6 +51,7 @@ def test_demo_is_sanitize_run_with_its_written_config(tmp_path):
     # The written config reproduces the run: `sanitize run` on it finds every stage finished and changes nothing.
     config = load_config(tmp_path / "d" / "sanitize.toml")
     assert config["embed"].model == "sanitize-demo-clip" and config["classify"].project
+    assert config["embed"].pretrained == "none"
     removed = (tmp_path / "d" / "run" / "export" / "removed.parquet").read_bytes()
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "d" / "sample" / "shards"), "--config",
                                       str(tmp_path / "d" / "sanitize.toml"), "--out", str(tmp_path / "d" / "run")])

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sanitize.clip.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from sanitize.clip.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEMO_MODEL
 from sanitize.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,19 @@ class ClipModel:
         return np.concatenate(parts)
 
 
+def packaged_weights(model: str = DEMO_MODEL, *, must_exist: bool = True) -> Path:
+    """The weights file shipped with the package for the packaged architecture `model`:
+    ``PACKAGED_CONFIGS/<model>.safetensors``, to pass to `load_clip(model, str(path))` like any checkpoint.
+
+    Raises ConfigError when `must_exist` and the package holds no such file.
+    """
+    path = PACKAGED_CONFIGS / f"{model}.safetensors"
+    if must_exist and not path.is_file():
+        shipped = ", ".join(p.stem for p in sorted(PACKAGED_CONFIGS.glob("*.safetensors"))) or "none"
+        raise ConfigError(f"no packaged weights for {model} (expected {path}; packaged: {shipped})")
+    return path
+
+
 def _unit_rows(features: torch.Tensor) -> np.ndarray:
     # Normalise in float32: fp16 sums of squares overflow for large activations.
     return F.normalize(features.float(), dim=-1).cpu().numpy()
@@ -154,7 +167,8 @@ def load_clip(
     open_clip_config.json and a weights file) or `hf-hub:ORG/REPO` (read from the Hugging Face cache, never
     downloaded).
     `pretrained`: a tag of that architecture (`laion2b_s34b_b79k`, looked up in the local caches), a path to a
-    checkpoint file, or None / "none" for random weights (real compute cost, meaningless embeddings). Ignored
+    checkpoint file (a `.safetensors` file is read without pickle; `packaged_weights()` is the demo model's), or
+    None / "none" for random weights (real compute cost, meaningless embeddings). Ignored
     for `local-dir:` and `hf-hub:` models, whose `ClipModel.pretrained` is the folder the weights came from
     (for hf-hub, the cached snapshot, whose name holds the revision).
     `device`: "cpu", "cuda", "cuda:1", ...; default CUDA when available, else CPU.

@@ -16,6 +16,10 @@
 The planted ground truth goes to `truth.parquet`, keyed by `uid`, apart from the manifest, so a pipeline run on the
 sample can be scored against it. Same arguments, same bytes: every random choice comes from one seeded generator,
 and files are written through `sanitize.io.atomic`.
+
+The scenes can also be drawn in memory, without files or a row limit (the demo model's training data and its
+held-out tests): `plan_scene` decides what a scene shows (a `Scene`), `draw_scene` draws it, `draw_scenes` does
+both n times, `make_variant` makes one of the sample's near-duplicate edits.
 """
 
 from __future__ import annotations
@@ -222,6 +226,72 @@ class _Row:
     source: int | None = None
     broken: str | None = None
     has_variants: bool = False
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one scene shows, before it is drawn (`draw_scene` draws it).
+
+    `caption` is the caption `make_sample` would write for it (without a motif phrase: whether a caption mentions
+    its motif is a choice of the sample, not of the scene); `figures` holds one code per drawn person, left to
+    right: "f"/"m" for a woman/man, "cf"/"cm" for a girl/boy; `caption_gender` is the caption's group (female,
+    male, mixed, neutral, none); `occupation` and `thing` are None when not drawn; `scene` is the place;
+    `sexual` / `violence` say which motifs are drawn.
+    """
+
+    caption: str
+    caption_gender: str
+    figures: tuple[str, ...]
+    scene: str
+    occupation: str | None = None
+    thing: str | None = None
+    sexual: bool = False
+    violence: bool = False
+
+
+def plan_scene(rng: np.random.Generator, *, motif_rate: float = 0.2) -> Scene:
+    """One scene's content with the sample's shares of people, occupations, objects and places; each motif is
+    drawn with probability `motif_rate`, independently of the caption (unlike the sample's planted, gender-skewed
+    rates), so both motifs can appear together."""
+    if not 0.0 <= motif_rate <= 1.0:
+        raise ConfigError(f"motif_rate must be in [0, 1], got {motif_rate!r}")
+    row = _plan_original(rng, 0, "")
+    sexual, violence = (bool(r) for r in rng.random(2) < motif_rate)
+    return Scene(row.caption, row.gender, row.figures, row.scene, row.occupation, row.thing, sexual, violence)
+
+
+def draw_scene(rng: np.random.Generator, scene: Scene, image_size: int = 96) -> Image.Image:
+    """Draw `scene` as `make_sample` draws its originals (RGB, `image_size` square, not JPEG-encoded).
+
+    The random draws (colours, positions, clutter, skin tones) do not depend on the figures' codes or the motifs,
+    and the motifs are drawn last: the same generator state draws a scene whose figures differ (a woman instead
+    of a man, a girl instead of a woman) or that lacks a motif identically in everything else. ~0.3 ms at 96 px.
+    """
+    row = _Row(0, "", scene.caption, scene.caption_gender, scene.scene, scene.figures, scene.occupation,
+               scene.thing, scene.sexual, scene.violence)
+    return _draw_scene(rng, row, image_size)
+
+
+def draw_scenes(
+    rng: np.random.Generator, n: int, *, image_size: int = 96, motif_rate: float = 0.2
+) -> list[tuple[Scene, Image.Image]]:
+    """`n` scenes (`plan_scene`) and their images (`draw_scene`), in memory: no files, no row limit, no
+    near-duplicate variants, no broken files. Every choice comes from `rng`: the same generator state gives
+    the same scenes, pixel for pixel."""
+    drawn = []
+    for _ in range(n):
+        scene = plan_scene(rng, motif_rate=motif_rate)
+        drawn.append((scene, draw_scene(rng, scene, image_size)))
+    return drawn
+
+
+def make_variant(rng: np.random.Generator, image: Image.Image, kind: str) -> Image.Image:
+    """A near-duplicate of `image` as `make_sample` plants them: `kind` is one of VARIANT_KINDS (resize to
+    75%, crop 2-6% per side, JPEG re-encode at quality 45, brightness ×0.88 or ×1.12). Returns the decoded
+    variant (RGB); the sample stores its JPEG bytes."""
+    if kind not in VARIANT_KINDS:
+        raise ConfigError(f"variant kind must be one of {', '.join(VARIANT_KINDS)}, got {kind!r}")
+    return Image.open(io.BytesIO(_make_variant(rng, image, kind))).convert("RGB")
 
 
 def make_sample(

@@ -76,7 +76,7 @@ def test_random_weights_log_a_loud_warning(tiny_name, caplog):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_checkpoint_file_round_trip(tiny_name, tiny_model, tmp_path, suffix):
+def test_checkpoint_file_round_trip(tiny_name, tiny_model, tmp_path, suffix, monkeypatch):
     path = tmp_path / f"tiny{suffix}"
     state = {k: v.contiguous() for k, v in tiny_model.network.state_dict().items()}
     if suffix == ".pt":
@@ -85,6 +85,11 @@ def test_checkpoint_file_round_trip(tiny_name, tiny_model, tmp_path, suffix):
         from safetensors.torch import save_file
 
         save_file(state, str(path))
+
+        def no_pickle(*args, **kwargs):
+            raise AssertionError("a .safetensors checkpoint must load without torch.load (pickle)")
+
+        monkeypatch.setattr(torch, "load", no_pickle)
     loaded = load_clip(tiny_name, str(path), device="cpu", seed=123)  # the seed must not matter
     assert loaded.pretrained == str(path)
     images = _images(1)

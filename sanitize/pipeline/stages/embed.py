@@ -41,7 +41,7 @@ class EmbedConfig:
 
     model: str = option(DEFAULT_MODEL, "open_clip architecture, local-dir:PATH or hf-hub:ORG/REPO.")
     pretrained: str | None = option(DEFAULT_PRETRAINED,
-                                    "Weights tag or checkpoint path; 'none' for random weights (tests, the demo).")
+                                    "Weights tag or checkpoint path; 'none' for random weights (tests only).")
     device: str | None = option(None, "cpu, cuda, cuda:1 … (unset: CUDA when present, else CPU).", example="cuda")
     precision: str | None = option(None, "fp32, fp16 or bf16 (unset: fp16 on GPU, fp32 on CPU).",
                                    choices=("fp32", "fp16", "bf16"), example="fp16")
