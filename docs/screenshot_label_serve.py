@@ -21,8 +21,9 @@ from pathlib import Path
 
 import polars as pl
 
-from sanitize.clip.models import load_clip
-from sanitize.demo.run import DEMO_MODEL, scripted_labeling
+from sanitize.clip.defaults import DEMO_MODEL
+from sanitize.clip.models import load_clip, packaged_weights
+from sanitize.demo.run import scripted_labeling
 from sanitize.demo.sample import make_sample
 from sanitize.io.atomic import atomic_path
 from sanitize.io.manifest import open_manifest
@@ -42,7 +43,7 @@ def build_demo(workdir: Path) -> tuple[RunFolder, Path, pl.DataFrame]:
     info = make_sample(workdir / "sample", n_rows=400, seed=0)
     manifest = open_manifest(info.manifest)
     run = RunFolder.create(workdir / "run", manifest)
-    model = load_clip(DEMO_MODEL, None, device="cpu", seed=0)
+    model = load_clip(DEMO_MODEL, str(packaged_weights()), device="cpu")
     run_stage(EmbedStage(EmbedConfig(batch_size=64, workers=0), model=model), run)
     truth = pl.read_parquet(info.truth)
     project = scripted_labeling(workdir / "project", run, truth, seed=0, batch=20, audit=150)
