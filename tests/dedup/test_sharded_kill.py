@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from sanitize.testing.synthetic import clip_like
+from tests.pipeline.test_pipeline_kill import sanitize  # the CLI in a subprocess, killed at a file
 
-KILLER = Path(__file__).parents[1] / "pipeline" / "kill_after.py"
 # (pattern, count): the file after which the process is killed, one point in each phase.
 PHASES = {
     "scan": ("*/work/scan/*.done", 3),
@@ -40,13 +37,6 @@ def source(tmp_path_factory):
                                  "emb": pa.array(list(x[rows].astype(np.float32)), pa.list_(pa.float32(), 160)),
                                  "sha256": [f"h{i}" for i in range(3000)][rows]}), folder / f"{s:05d}.parquet")
     return folder
-
-
-def sanitize(args: list[str], kill_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    prefix = [sys.executable, str(KILLER), kill_at[0], str(kill_at[1]), "--"] if kill_at else \
-        [sys.executable, "-m", "sanitize_cli"]
-    return subprocess.run(prefix + [str(a) for a in args], capture_output=True, text=True, env=env)
 
 
 def _args(source: Path, out: Path) -> list[str]:
