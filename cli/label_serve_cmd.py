@@ -8,11 +8,7 @@ import os
 import click
 
 from sanitize.io.runfolder import RunFolder
-from sanitize.labelserver.app import LabelServer, is_loopback
-from sanitize.labelserver.session import LabelingSession
-from sanitize.pipeline.stages.embed import load_run_model
 from sanitize.safety.names import COLD_START, STRATEGIES
-from sanitize.safety.project import LabelProject
 from sanitize_cli.label_cmds import project_option, run_option
 from sanitize_cli.options import seed_option
 
@@ -45,6 +41,12 @@ def serve(category, project, run, port, host, n, strategy, annotator, seed, devi
     """Continues the latest unfinished batch of the project, else proposes one. Answers go into the label store
     as they are given; when the batch is done the page retrains and offers the next round. Stop with Ctrl-C.
     """
+    # The page, the session and the model load scikit-learn and torch: imported to serve, not for --help.
+    from sanitize.labelserver.app import LabelServer, is_loopback
+    from sanitize.labelserver.session import LabelingSession
+    from sanitize.pipeline.stages.embed import load_run_model
+    from sanitize.safety.project import LabelProject
+
     if host is None:
         host = DEFAULT_HOST
     elif not is_loopback(host):
