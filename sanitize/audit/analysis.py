@@ -4,10 +4,15 @@ Entries: one per (attribute or intersection or concept value) × view × stage.
 - view "stage": the rows a stage decided on, kept vs removed by that stage alone;
 - view "cumulative": all input rows, kept by every stage so far vs removed by any of them.
 Each entry lists groups with counts, shares before/after, removal rates with Wilson intervals and ratios vs a
-reference group (Katz interval), plus a χ² test with Cramér's V. All p-values of the report (χ² and pairwise)
-are corrected together (Holm by default). A group is flagged when its pairwise test survives the correction
-AND its removal-rate ratio is at least `min_ratio` away from 1 (at 10⁸ rows every difference is
-"significant"; the ratio says whether it matters). Flags are ranked by |log ratio|, not by p-value.
+reference (a group, Katz interval; or the overall removal rate, delta-method interval: the default for attributes
+with three or more groups and for intersections), plus a χ² test with Cramér's V. All p-values of the report (χ² and
+pairwise) of one family are corrected together (Holm by default); the families (main effects, concept-conditional
+views, intersections) split `alpha` between them, so the main effects are not diluted by the many intersection tests
+and the report's family-wise error stays at `alpha`. A group is flagged when its pairwise test survives the
+correction AND its removal-rate ratio is at least `min_ratio` away from 1 (at 10⁸ rows every difference is
+"significant"; the ratio says whether it matters). Flags are ranked main effects first, then concept-conditional,
+then intersections, each by |log ratio|, not by p-value. `answer` sums up, per attribute and group, the shares
+before and after all stages and each stage's removal-rate ratio: what the report opens with.
 
 Groups "unknown" and not-applicable labels (e.g. "no_person", "mixed") are counted and shown, but kept out of
 shares and tests; the share of unknown rows is the coverage. Intersection and concept cells with fewer than
@@ -27,12 +32,15 @@ import polars as pl
 
 from sanitize.audit.counts import CountTable
 from sanitize.audit.specs import UNKNOWN
-from sanitize.audit.stats import GroupStatistics, adjust_pvalues, group_statistics
+from sanitize.audit.stats import OVERALL, GroupStatistics, adjust_pvalues, group_statistics
 from sanitize.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CROSS = " × "
+# Flag tiers, ranked in this order: main effects (one attribute), concept-conditional, intersections.
+TIERS = {"attribute": 0, "concept": 1, "intersection": 2}
+FAMILY_SHARES = {0: 0.5, 1: 0.25, 2: 0.25}  # of alpha, per tier, when all three families are in a report
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,10 @@ class AuditOptions:
     intersections: attribute tuples to cross (None: every pair of attributes).
     concepts: (concept attribute, group attribute) pairs, e.g. ("occupation", "caption_gender"): the group
         shares within rows of each concept value, before and after (cumulative view).
-    references: attribute -> reference group for removal-rate ratios (default: the largest group).
+    references: attribute -> reference for removal-rate ratios: one of its groups, or "overall" (each group's
+        rate against the rate of all its groups together). Default, chosen for meaning (`default_reference`):
+        "male" where the attribute has that group (gender-like attributes), "overall" for three or more groups
+        (occupation, age, language: no group is a natural baseline), else the largest group.
     """
 
     intersections: Sequence[tuple[str, ...]] | None = None
@@ -126,7 +137,7 @@ def _entry(
 ) -> tuple[dict, GroupStatistics]:
     suppressed = (before < suppress_below) if suppress_below else np.zeros(len(labels), bool)
     included = ~excluded & ~suppressed
-    if reference is not None and (reference not in labels or not included[labels.index(reference)]):
+    if reference not in (None, OVERALL) and (reference not in labels or not included[labels.index(reference)]):
         reference = None
     g = group_statistics(labels, before, kept, included, reference, options.confidence)
     total_before, total_kept = int(before.sum()), int(kept.sum())
@@ -178,6 +189,7 @@ def _entry(
             "unknown_share_after": _num(unknown_after / total_kept) if total_kept else None,
         },
         "reference": g.reference,
+        "reference_removal_rate": _num(g.reference_rate),
         "groups": groups,
         "test": {
             "chi2": _num(g.chi2),
@@ -189,6 +201,25 @@ def _entry(
         "notes": notes,
     }
     return entry, g
+
+
+def default_reference(labels: Sequence[str], excluded: Sequence[bool]) -> str | None:
+    """The reference chosen for meaning among the included labels: "male" when present, OVERALL for three or more
+    groups, else None (the caller takes the largest group)."""
+    included = [lab for lab, ex in zip(labels, excluded, strict=True) if not ex]
+    if "male" in included:
+        return "male"
+    return OVERALL if len(included) >= 3 else None
+
+
+def resolve_reference(options: AuditOptions, name: str, labels: Sequence[str], excluded: np.ndarray,
+                      before: np.ndarray) -> str | None:
+    """The reference of attribute `name`: the one set in `options.references`, else `default_reference`, else the
+    included group with most rows (None when no group is included)."""
+    reference = options.references.get(name) or default_reference(labels, excluded)
+    if reference is None and (~excluded).any():
+        reference = labels[int(np.argmax(np.where(excluded, -1, before)))]
+    return reference
 
 
 def _views(counts: CountTable) -> list[tuple[str, str]]:
@@ -212,10 +243,8 @@ def _attribute_entries(counts: CountTable, options: AuditOptions) -> list[dict]:
         excluded_labels = _excluded_labels(counts, name)
         excluded = np.array([lab in excluded_labels for lab in labels])
         unknown = np.array([lab == UNKNOWN for lab in labels])
-        reference = options.references.get(name)
-        if reference is None and (~excluded).any():
-            # One reference per attribute (largest group of the input), so ratios compare alike across stages.
-            reference = labels[int(np.argmax(np.where(excluded, -1, frame["n"].to_numpy())))]
+        # One reference per attribute, so ratios compare alike across stages.
+        reference = resolve_reference(options, name, labels, excluded, frame["n"].to_numpy())
         for view, stage in _views(counts):
             before, kept = _before_kept(frame, view, stage)
             entry, _ = _entry(
@@ -265,7 +294,7 @@ def _intersection_entries(counts: CountTable, options: AuditOptions) -> list[dic
                 unknown=unknown,
                 excluded=excluded,
                 suppress_below=options.min_cell,
-                reference=None,
+                reference=OVERALL,  # no cell of a cross is a natural baseline
                 options=options,
             )
             entries.append(entry)
@@ -279,6 +308,10 @@ def _concept_entries(counts: CountTable, options: AuditOptions) -> list[dict]:
         skip = _excluded_labels(counts, concept_attr)
         values = [v for v in _group_order(counts, concept_attr, frame[concept_attr].to_list()) if v not in skip]
         excluded_labels = _excluded_labels(counts, group_attr)
+        group_labels = _group_order(counts, group_attr, frame[group_attr].to_list())
+        group_before = np.array([int(frame.filter(pl.col(group_attr) == lab)["n"].sum()) for lab in group_labels])
+        reference = resolve_reference(options, group_attr, group_labels,
+                                      np.array([lab in excluded_labels for lab in group_labels]), group_before)
         for value in values:
             sub = frame.filter(pl.col(concept_attr) == value)
             if sub.height == 0:
@@ -301,7 +334,7 @@ def _concept_entries(counts: CountTable, options: AuditOptions) -> list[dict]:
                     unknown=unknown,
                     excluded=excluded,
                     suppress_below=options.min_cell,
-                    reference=options.references.get(group_attr),
+                    reference=reference,
                     options=options,
                     concept={"attribute": concept_attr, "value": value},
                 )
@@ -310,15 +343,27 @@ def _concept_entries(counts: CountTable, options: AuditOptions) -> list[dict]:
 
 
 def _correct_and_flag(entries: list[dict], options: AuditOptions) -> list[dict]:
-    """Adjust every p-value of the report together, mark flagged groups, return flags ranked by effect size."""
-    slots: list[tuple[dict, str]] = []
+    """Adjust the p-values of each family (main effects, concept-conditional, intersections: see `TIERS`), mark
+    flagged groups, return flags ranked by effect size.
+
+    The main effects answer the question a reviewer brings, and the many small-cell tests of intersections must
+    not dilute them (with every test in one family, a 2.8x over-removal of women at p = 0.0002 went unflagged in
+    the demo's audit). So each family is corrected on its own and gets a share of `alpha` (`FAMILY_SHARES`,
+    renormalised over the families present): Bonferroni across families, the chosen correction within one, so
+    the chance of any false flag in the report stays at most `alpha`. A reported p_adj is already divided by its
+    family's share: it is compared with `alpha` itself.
+    """
+    families: dict[int, list[tuple[dict, str]]] = {}
     for e in entries:
+        slots = families.setdefault(TIERS[e["kind"]], [])
         slots.append((e["test"], "p"))
         slots += [(grp, "p") for grp in e["groups"] if not grp["suppressed"]]
-    pvalues = [math.nan if s[k] is None else s[k] for s, k in slots]
-    adjusted = adjust_pvalues(pvalues, options.correction)
-    for (slot, _), p_adj in zip(slots, adjusted, strict=True):
-        slot["p_adj"] = _num(p_adj)
+    total = sum(FAMILY_SHARES[tier] for tier in families)
+    for tier, slots in families.items():
+        pvalues = [math.nan if s[k] is None else s[k] for s, k in slots]
+        adjusted = np.minimum(adjust_pvalues(pvalues, options.correction) * total / FAMILY_SHARES[tier], 1.0)
+        for (slot, _), p_adj in zip(slots, adjusted, strict=True):
+            slot["p_adj"] = _num(p_adj)
 
     flags = []
     threshold = math.log(options.min_ratio)
@@ -332,7 +377,6 @@ def _correct_and_flag(entries: list[dict], options: AuditOptions) -> list[dict]:
             if effect < threshold:
                 continue
             grp["flagged"] = True
-            ref = next((r for r in e["groups"] if r["group"] == e["reference"]), None)
             flags.append(
                 {
                     "entry": e["id"],
@@ -345,7 +389,8 @@ def _correct_and_flag(entries: list[dict], options: AuditOptions) -> list[dict]:
                     "reference": e["reference"],
                     "removal_rate": grp["removal_rate"],
                     "removal_ci": grp["removal_ci"],
-                    "reference_removal_rate": None if ref is None else ref["removal_rate"],
+                    "reference_removal_rate": e["reference_removal_rate"],
+                    "tier": TIERS[e["kind"]],
                     "ratio": ratio,
                     "ratio_ci": grp["ratio_ci"],
                     "share_change_pp": grp["share_change_pp"],
@@ -353,10 +398,50 @@ def _correct_and_flag(entries: list[dict], options: AuditOptions) -> list[dict]:
                     "effect": None if math.isinf(effect) else effect,
                 }
             )
-    flags.sort(key=lambda f: (-(math.inf if f["effect"] is None else f["effect"]), -abs(f["share_change_pp"] or 0)))
+    # Main effects first, then concept-conditional ones, then intersections (whose small cells give large but
+    # uncertain ratios); within a tier by effect size.
+    flags.sort(key=lambda f: (f["tier"], -(math.inf if f["effect"] is None else f["effect"]),
+                              -abs(f["share_change_pp"] or 0)))
     for rank, f in enumerate(flags, start=1):
         f["rank"] = rank
     return flags
+
+
+def _ratio_of(entry: dict, group: str) -> dict:
+    """A group's removal rate and removal-rate ratio (with intervals and flag) in `entry`; all None when absent."""
+    g = next((x for x in entry["groups"] if x["group"] == group and not x["suppressed"]), None)
+    if g is None:
+        return {"removal_rate": None, "removal_ci": [None, None], "ratio": None, "ratio_ci": [None, None],
+                "flagged": False}
+    keys = ("removal_rate", "removal_ci", "ratio", "ratio_ci", "flagged")
+    return {k: g[k] for k in keys}
+
+
+def _answer(counts: CountTable, entries: list[dict]) -> list[dict]:
+    """What the report opens with, per attribute (in declared order): its reference and, per included group with
+    rows, the shares before and after all stages, each stage's removal-rate ratio (view "stage": the rows that
+    stage decided on) and the ratio of all stages together (view "cumulative" after the last stage). Reads
+    flagged entries, so it runs after `_correct_and_flag`."""
+    last = counts.stages[-1]
+    out = []
+    for name in counts.attribute_names:
+        by_view = {(e["view"], e["stage"]): e for e in entries if e["kind"] == "attribute" and e["dimension"] == [name]}
+        final = by_view.get(("cumulative", last)) or by_view[("stage", last)]
+        groups = [
+            {
+                "group": g["group"],
+                "share_before": g["share_before"],
+                "share_after": g["share_after"],
+                "share_change_pp": g["share_change_pp"],
+                "stages": {s: _ratio_of(by_view[("stage", s)], g["group"]) for s in counts.stages},
+                "all_stages": _ratio_of(final, g["group"]),
+            }
+            for g in final["groups"]
+            if not g["suppressed"] and g["included"] and g["before"] > 0
+        ]
+        out.append({"attribute": name, "reference": final["reference"],
+                    "reference_removal_rate": final["reference_removal_rate"], "groups": groups})
+    return out
 
 
 def _stage_overview(counts: CountTable) -> list[dict]:
@@ -437,6 +522,7 @@ def audit_report(counts: CountTable, options: AuditOptions | None = None, weight
             "options": opts,
             "tests": n_tests,
         },
+        "answer": _answer(counts, entries),
         "stages": _stage_overview(counts),
         "entries": entries,
         "flags": flags,

@@ -2,7 +2,8 @@
 
 Three methods, one output shape (a string label per row, "unknown" when undetermined):
 - zero-shot: CLIP image embeddings against averaged prompt embeddings of an `AttributeSpec`;
-- lexicon: case-insensitive word-boundary matching of captions against a `Lexicon`;
+- lexicon: case-insensitive word-boundary matching of captions against a `Lexicon` (nouns always count, pronouns
+  only when they refer to a person, hyphen compounds and excluded phrases never);
 - column: an existing column (e.g. LAION's LANGUAGE) used as it is, nulls and blanks become "unknown".
 """
 
@@ -191,11 +192,72 @@ def _caption_series(captions: Sequence[str | None] | pa.Array | pa.ChunkedArray 
     return s
 
 
+# A word joined to another by a hyphen ("man-made", "spider-man", "cook-out"): masked, never a term.
+HYPHEN_COMPOUND = r"\w+(?:[-\u2010\u2011]\w+)+"
+
+
+def masked_captions(captions: Sequence[str | None] | pa.Array | pl.Series, exclude: Sequence[str] = ()) -> pl.Series:
+    """Captions with hyphen compounds and the `exclude` phrases replaced by a space (nulls -> "").
+
+    Guarantees: no term can match inside a masked span; everything else is unchanged."""
+    s = _caption_series(captions).fill_null("").str.replace_all(HYPHEN_COMPOUND, " ")
+    if exclude:
+        s = s.str.replace_all(term_pattern(exclude), " ")
+    return s
+
+
+def _pronoun_classes(caption: str, person: re.Pattern, other: re.Pattern, pronoun: re.Pattern,
+                     pronoun_class: dict[str, int]) -> set[int]:
+    """Indices of the classes whose pronouns in `caption` (already masked) refer to a person.
+
+    A pronoun refers to a person when the nearest referent word before it is a class noun or a `persons` word,
+    or when it opens the caption ("He rides a horse"); a pronoun after an `non_persons` word ("A dog with his
+    ball") or with no referent before it ("his and her sinks") does not count."""
+    events = sorted([(m.start(), "person") for m in person.finditer(caption)]
+                    + [(m.start(), "other") for m in other.finditer(caption)]
+                    + [(m.start(), m.group(0).lower()) for m in pronoun.finditer(caption)])
+    first_word = re.search(r"\w", caption)
+    last: str | None = None
+    out: set[int] = set()
+    for start, kind in events:
+        if kind in ("person", "other"):
+            last = kind
+        elif last == "person" or (last is None and first_word is not None and start == first_word.start()):
+            out.add(pronoun_class[kind])
+    return out
+
+
+def _pronoun_matches(masked: pl.Series, lexicon: Lexicon) -> pl.DataFrame | None:
+    """One boolean column per class: does the caption use one of its pronouns for a person. None when the
+    lexicon has no pronouns. Only captions containing a pronoun are resolved (in Python), the rest are False."""
+    pronoun = {w: i for i, words in enumerate(lexicon.class_pronouns()) for w in words}
+    if not pronoun:
+        return None
+    person_words = [*lexicon.all_terms(), *lexicon.persons]
+    person = re.compile(term_pattern(person_words))
+    other = re.compile(term_pattern(lexicon.non_persons)) if lexicon.non_persons else re.compile(r"(?!x)x")
+    pronoun_pattern = term_pattern(list(pronoun))
+    has = masked.str.contains(pronoun_pattern).to_numpy()
+    compiled = re.compile(pronoun_pattern)
+    cols = np.zeros((len(masked), len(lexicon.classes)), dtype=bool)
+    for row in np.flatnonzero(has):
+        for k in _pronoun_classes(masked[int(row)], person, other, compiled, pronoun):
+            cols[row, k] = True
+    return pl.DataFrame({label: cols[:, k] for k, label in enumerate(lexicon.classes)})
+
+
 def class_matches(captions: Sequence[str | None] | pa.Array | pl.Series, lexicon: Lexicon) -> pl.DataFrame:
-    """One boolean column per lexicon class: does the caption mention any of its terms (nulls -> False)."""
-    s = _caption_series(captions).fill_null("")
+    """One boolean column per lexicon class: does the caption name the class (nulls -> False).
+
+    A class is named by one of its terms (outside hyphen compounds and `lexicon.exclude` phrases) or by one of
+    its pronouns that refers to a person (see `_pronoun_classes`)."""
+    masked = masked_captions(captions, lexicon.exclude)
     pairs = zip(lexicon.classes, lexicon.terms, strict=True)
-    return pl.DataFrame({label: s.str.contains(term_pattern(terms)) for label, terms in pairs})
+    nouns = pl.DataFrame({label: masked.str.contains(term_pattern(terms)) for label, terms in pairs})
+    pronouns = _pronoun_matches(masked, lexicon)
+    if pronouns is None:
+        return nouns
+    return nouns.select(pl.col(c) | pronouns[c] for c in lexicon.classes)
 
 
 def lexicon_attribute(captions: Sequence[str | None] | pa.Array | pl.Series, lexicon: Lexicon) -> pl.Series:
@@ -214,9 +276,11 @@ def lexicon_attribute(captions: Sequence[str | None] | pa.Array | pl.Series, lex
     ).to_series()
 
 
-def keyword_mentions(captions: Sequence[str | None] | pa.Array | pl.Series, terms: Sequence[str]) -> pl.Series:
-    """For each caption, the distinct lower-cased `terms` it mentions (a list[str] Series; null -> [])."""
-    s = _caption_series(captions).fill_null("")
+def keyword_mentions(captions: Sequence[str | None] | pa.Array | pl.Series, terms: Sequence[str],
+                     exclude: Sequence[str] = ()) -> pl.Series:
+    """For each caption, the distinct lower-cased `terms` it mentions (a list[str] Series; null -> []), outside
+    hyphen compounds and `exclude` phrases (as `class_matches` does)."""
+    s = masked_captions(captions, exclude)
     return s.str.extract_all(term_pattern(terms)).list.eval(pl.element().str.to_lowercase()).list.unique()
 
 

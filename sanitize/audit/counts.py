@@ -170,10 +170,11 @@ def count_shard(
     terms: tuple[str, ...] = ()
     keyword_counts = None
     if keywords is not None:
-        terms = tuple(keywords.all_terms() if isinstance(keywords, Lexicon) else keywords)
+        terms = tuple(_keyword_terms(keywords))
         if caption_column not in df.columns:
             raise DataError(f"{source}: caption column '{caption_column}' is missing (needed for keyword counts)")
-        mentions = keyword_mentions(df[caption_column], terms).alias("term")
+        exclude = keywords.exclude if isinstance(keywords, Lexicon) else ()
+        mentions = keyword_mentions(df[caption_column], terms, exclude).alias("term")
         keyword_counts = (
             slim.select(keeps)
             .with_columns(mentions)
@@ -184,6 +185,14 @@ def count_shard(
             .sort("term")
         )
     return CountTable(attributes=infos, stages=stages, cells=cells, keyword_terms=terms, keywords=keyword_counts)
+
+
+def _keyword_terms(keywords: Lexicon | Sequence[str]) -> list[str]:
+    """The words counted in the keyword table: a lexicon's nouns and pronouns (raw word frequencies, as in the
+    DALL-E 2 table), or the given words."""
+    if isinstance(keywords, Lexicon):
+        return [*keywords.all_terms(), *(w for words in keywords.class_pronouns() for w in words)]
+    return list(keywords)
 
 
 def merge_counts(tables: Iterable[CountTable]) -> CountTable:

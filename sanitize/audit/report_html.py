@@ -13,6 +13,7 @@ from string import Template
 
 from sanitize.audit import charts
 from sanitize.audit.report_model import (
+    AnswerSection,
     AttributeSection,
     ConceptPivot,
     Entry,
@@ -37,10 +38,11 @@ def _resource(name: str) -> str:
 def render(model: ReportModel, title: str) -> str:
     """The whole report as an HTML page titled `title` (ends with a newline)."""
     body = [
+        _answer(model.answer),
+        _flags(model.flags),
         _summary(model),
         "<h2>Stages</h2>",
         _table(model.stages),
-        _flags(model.flags),
         *(_attribute(section) for section in model.attributes),
         _intersections(model.intersections),
         _concepts(model.concept_pivots),
@@ -84,15 +86,33 @@ def _summary(model: ReportModel) -> str:
         f'<div class="summary"><p><b>{escape(o.rows.text)}</b> rows; stages: {escape(" → ".join(o.stages))}; '
         f'attributes: {attributes}.</p><p class="small">{escape(o.tests.text)} tests corrected together '
         f"({escape(o.correction)}). Flag: adjusted p &lt; {escape(o.alpha.text)} and removal-rate ratio ≥ "
-        f"{escape(o.min_ratio.text)} or ≤ {escape(o.inverse_min_ratio.text)} vs the reference group; ranked by "
-        f"|log ratio|. Rates: Wilson {escape(o.confidence.text)} intervals; ratios: Katz log intervals. † = unknown "
-        "/ not applicable (counted, not in shares or tests). Intersection and concept cells with fewer than "
+        f"{escape(o.min_ratio.text)} or ≤ {escape(o.inverse_min_ratio.text)} vs the reference; main effects "
+        f"first, then by |log ratio|. Rates: Wilson {escape(o.confidence.text)} intervals; ratios: Katz log "
+        "intervals (delta-method log vs the overall rate). † = unknown / not applicable (counted, not in shares or "
+        "tests). Intersection and concept cells with fewer than "
         f"{escape(o.min_cell.text)} rows are suppressed.</p></div>"
     )
 
 
+def _answer(a: AnswerSection | None) -> str:
+    """The opening: one sentence, the chart of ratios after all stages, and the table of every attribute group."""
+    if a is None:
+        return ""
+    chart = "" if a.chart is None else charts.ratio_forest(
+        a.chart.labels, a.chart.ratios, a.chart.intervals, a.chart.title, width=760)
+    return (
+        '<h2 id="answer">Answer: who the filters removed</h2>'
+        f'<p class="note"><b>{escape(a.rows.text)}</b> rows; stages: {escape(" → ".join(a.stages))}. Ratio = the '
+        "group's removal rate / the reference's (a group, or the overall rate of the attribute's groups), 95% "
+        "interval; ⚑ = flagged. Shares are among rows with a determined label.</p>" + chart + _table(a.table)
+    )
+
+
 def _flags(flags: FlagSection) -> str:
-    heading = f"<h2>Flags ({flags.count})</h2>"
+    heading = (
+        f'<h2 id="flags">Flags ({flags.count})</h2><p class="note">Main effects first, then concept-conditional '
+        "ones, then intersections (small cells give large, uncertain ratios); each by effect size.</p>"
+    )
     if flags.chart is None:
         return heading + '<p class="note">No group flagged.</p>'
     c = flags.chart

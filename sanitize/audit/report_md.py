@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from sanitize.audit.report_model import AttributeSection, Entry, FlagSection, ReportModel, WeightingSection
+from sanitize.audit.report_model import (
+    AnswerSection,
+    AttributeSection,
+    Entry,
+    FlagSection,
+    ReportModel,
+    WeightingSection,
+)
 from sanitize.audit.tables import LEFT, Row, Table
 
 
 def render(model: ReportModel) -> str:
     """The whole report as one Markdown document (ends with a newline, no trailing blank lines)."""
-    lines = ["# Filter audit", "", *_overview(model), "## Stages", "", *_table(model.stages), ""]
+    lines = ["# Filter audit", ""]
+    if model.answer is not None:
+        lines += _answer(model.answer)
     lines += _flags(model.flags)
+    lines += ["## About this audit", "", *_overview(model), "## Stages", "", *_table(model.stages), ""]
     for section in model.attributes:
         lines += _attribute(section)
     if model.intersections:
@@ -57,16 +67,31 @@ def _overview(model: ReportModel) -> list[str]:
         "",
         f"Tests: {o.tests.text}, corrected together ({o.correction}). A group is flagged when its adjusted "
         f"p < {o.alpha.text} and its removal-rate ratio vs the reference is ≥ {o.min_ratio.text} or ≤ "
-        f"{o.inverse_min_ratio.text}. Intervals: Wilson ({o.confidence.text}) for rates, Katz log for ratios. "
+        f"{o.inverse_min_ratio.text}. Intervals: Wilson ({o.confidence.text}) for rates, Katz log for ratios "
+        "(delta-method log vs the overall rate). "
         f"Groups marked † (unknown, not applicable) are counted but not in shares or tests; intersection and concept "
         f"cells with fewer than {o.min_cell.text} rows are suppressed.",
         "",
     ]
 
 
+def _answer(a: AnswerSection) -> list[str]:
+    """The opening: who the filters removed, per attribute group, as one table."""
+    return [
+        "## Answer: who the filters removed",
+        "",
+        f"{a.rows.text} rows; stages in order: {' → '.join(a.stages)}. Ratio = the group's removal rate / the "
+        "reference's (a group, or the overall rate of the attribute's groups), 95% interval; ⚑ = flagged. Shares "
+        "are among rows with a determined label.",
+        "",
+        *_table(a.table),
+        "",
+    ]
+
+
 def _flags(flags: FlagSection) -> list[str]:
     body = _table(flags.table) if flags.count else ["No group flagged."]
-    return ["## Flags (ranked by effect size)", "", *body, ""]
+    return ["## Flags (main effects first, then concepts, then intersections; each by effect size)", "", *body, ""]
 
 
 def _attribute(section: AttributeSection) -> list[str]:

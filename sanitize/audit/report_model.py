@@ -1,7 +1,8 @@
 """The audit report as sections of tables and charts, built once from the report dict (`report_model`).
 
 `report_md.render` and `report_html.render` print the same `ReportModel`; neither formats a number or assembles
-a table. Sections, in report order: overview, stages, flags, one section per attribute, intersections,
+a table. Sections, in report order: the answer (shares and removal-rate ratios per attribute group), flags,
+overview, stages, one section per attribute, intersections,
 concept-conditional shares, keyword counts, weights. Most tables appear in both files; a table's `shown_in`
 names the exceptions (HTML: coverage and concept pivot tables; Markdown: concept entries and weighted shares,
 which the HTML draws as charts). Charts are drawn in the HTML only.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sanitize.audit.stats import OVERALL
 from sanitize.audit.tables import (
     BOTH,
     HTML,
@@ -206,9 +208,23 @@ class WeightingSection:
 
 
 @dataclass(frozen=True)
-class ReportModel:
-    """Everything report.md and report.html show, in order. `keywords` is None when no terms were counted."""
+class AnswerSection:
+    """The report's opening, the answer a reviewer brings: per attribute and group, the share before and after all
+    stages and each stage's removal-rate ratio vs the attribute's reference with its interval (⚑ flagged), as one
+    table; and one chart of the all-stages ratios (None when no ratio is defined)."""
 
+    rows: Cell
+    stages: tuple[str, ...]
+    table: Table
+    chart: RatioChart | None
+
+
+@dataclass(frozen=True)
+class ReportModel:
+    """Everything report.md and report.html show, in order (`answer` first; None for a report dict without one).
+    `keywords` is None when no terms were counted."""
+
+    answer: AnswerSection | None
     overview: Overview
     stages: Table
     flags: FlagSection
@@ -227,6 +243,7 @@ def report_model(report: dict) -> ReportModel:
     concepts = [e for e in report["entries"] if e["kind"] == "concept" and e["stage"] == last]
     weighting = report.get("weighting")
     return ReportModel(
+        answer=_answer_section(report) if report.get("answer") else None,
         overview=_overview(meta),
         stages=_stage_table(report["stages"]),
         flags=_flag_section(report["flags"]),
@@ -236,6 +253,76 @@ def report_model(report: dict) -> ReportModel:
         concept_pivots=_concept_pivots(concepts),
         keywords=_keyword_table(report) if report["keywords"] else None,
         weighting=_weighting_section(weighting) if weighting else None,
+    )
+
+
+# --- the answer ------------------------------------------------------------------------------------------
+
+
+def _reference_text(a: dict) -> str:
+    """How an attribute's ratios read: "vs male", "vs overall 12.3%" (the overall removal rate after all stages)."""
+    if a["reference"] == OVERALL:
+        return f"vs overall {percent_cell(a['reference_removal_rate']).text}"
+    return f"vs {a['reference'] or '—'}"
+
+
+def _answer_ratio_cell(r: dict, is_reference: bool) -> Cell:
+    """A group's ratio with its interval, "⚑" when flagged; the reference group itself reads "reference"."""
+    if is_reference:
+        return Cell(None, "reference")
+    cell = ratio_interval_cell(r["ratio"], r["ratio_ci"])
+    return Cell(cell.value, cell.text + (" ⚑" if r["flagged"] else ""))
+
+
+def _answer_row(a: dict, g: dict, first: bool, stages: list[str]) -> Row:
+    is_reference = g["group"] == a["reference"]
+    ratios = [g["stages"][s] for s in stages] + ([g["all_stages"]] if len(stages) > 1 else [])
+    label = f"{a['attribute']} ({_reference_text(a)})" if first else ""
+    cells = (
+        text_cell(label, wrap=True),
+        text_cell(g["group"], wrap=True),
+        percent_cell(g["share_before"]),
+        percent_cell(g["share_after"]),
+        points_cell(g["share_change_pp"]),
+        *(_answer_ratio_cell(r, is_reference) for r in ratios),
+    )
+    return Row(cells, tone="flag" if any(r["flagged"] for r in ratios) else "")
+
+
+def _answer_section(report: dict) -> AnswerSection:
+    """The opening table (one row per attribute group) and the chart of ratios after all stages."""
+    stages = list(report["meta"]["stages"])
+    ratio_titles = [f"{s}: ratio [95% CI]" for s in stages]
+    if len(stages) > 1:
+        ratio_titles.append("all stages: ratio [95% CI]")
+    columns = (
+        Column("attribute (reference)", LEFT),
+        Column("group", LEFT),
+        Column("share before"),
+        Column("share after all stages"),
+        Column("Δ share (pp)"),
+        *(Column(t, LEFT) for t in ratio_titles),
+    )
+    rows, labels, ratios, intervals = [], [], [], []
+    for a in report["answer"]:
+        for i, g in enumerate(a["groups"]):
+            rows.append(_answer_row(a, g, i == 0, stages))
+            r = g["all_stages"]
+            if g["group"] != a["reference"] and r["ratio"] is not None:
+                labels.append(f"{a['attribute']}: {g['group']} {_reference_text(a)}")
+                ratios.append(r["ratio"])
+                intervals.append(tuple(r["ratio_ci"]))
+    chart = RatioChart(
+        title="removal-rate ratio after all stages vs reference",
+        labels=tuple(labels),
+        ratios=tuple(ratios),
+        intervals=tuple(intervals),
+    )
+    return AnswerSection(
+        rows=count_cell(report["meta"]["rows"]),
+        stages=tuple(stages),
+        table=Table(columns, tuple(rows)),
+        chart=chart if labels else None,
     )
 
 

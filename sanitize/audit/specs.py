@@ -15,9 +15,18 @@ word boundaries. A caption matching two or more classes gets the `multiple` labe
 
     name = "caption_gender"
     multiple = "mixed"
-    [classes]
-    female = ["woman", "women", "girl", "she"]
-    male = ["man", "men", "boy", "he"]
+    exclude = ["game boy"]             # phrases masked before matching (optional)
+    [classes]                          # nouns: always count
+    female = ["woman", "women", "girl"]
+    male = ["man", "men", "boy"]
+    [pronouns]                         # optional: count only when they refer to a person (see attributes.py)
+    female = ["she", "her"]
+    male = ["he", "his"]
+    [referents]                        # optional: what a pronoun may refer to besides the class nouns
+    person = ["person", "player"]
+    other = ["dog", "horse"]           # a pronoun whose nearest preceding referent is one of these does not count
+
+A word joined to another by a hyphen ("man-made", "spider-man") never counts as a term.
 
 Users add attributes by adding files; no code changes. Every problem raises `ConfigError` naming the file and entry.
 """
@@ -69,10 +78,18 @@ class Lexicon:
     multiple: str = "multiple"
     description: str = ""
     source: str = ""
+    pronouns: tuple[tuple[str, ...], ...] = ()
+    persons: tuple[str, ...] = ()
+    non_persons: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def all_terms(self) -> list[str]:
-        """Every term of every class, in file order."""
+        """Every term (noun) of every class, in file order; pronouns are not terms."""
         return [t for class_terms in self.terms for t in class_terms]
+
+    def class_pronouns(self) -> tuple[tuple[str, ...], ...]:
+        """Pronouns per class, aligned with `classes` (empty tuples when the lexicon has none)."""
+        return self.pronouns or tuple(() for _ in self.classes)
 
 
 def _resource_dir(kind: str) -> Path:
@@ -203,6 +220,10 @@ def load_lexicon(path: str | os.PathLike) -> Lexicon:
     multiple = _label(multiple, f"{src}: multiple")
     if multiple in labels:
         raise ConfigError(f"{src}: multiple label '{multiple}' is also a class")
+    pronouns = _pronouns(data.get("pronouns", {}), labels, seen, src)
+    referents = data.get("referents", {})
+    if not isinstance(referents, dict) or set(referents) - {"person", "other"}:
+        raise ConfigError(f"{src}: [referents] may only hold 'person' and 'other' lists")
     return Lexicon(
         name=str(name),
         classes=tuple(labels),
@@ -210,4 +231,37 @@ def load_lexicon(path: str | os.PathLike) -> Lexicon:
         multiple=multiple,
         description=str(data.get("description", "")).strip(),
         source=src,
+        pronouns=pronouns,
+        persons=_word_list(referents.get("person", []), f"{src}: referents.person", seen),
+        non_persons=_word_list(referents.get("other", []), f"{src}: referents.other", seen),
+        exclude=_word_list(data.get("exclude", []), f"{src}: exclude", {}),
     )
+
+
+def _word_list(raw: object, where: str, seen: dict[str, str]) -> tuple[str, ...]:
+    """Lower-cased, whitespace-normalised words of an optional list; raises ConfigError on a non-list, an empty
+    word or a word already used (in `seen`, which is updated)."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be a list of words")
+    out: list[str] = []
+    for word in raw:
+        if not isinstance(word, str) or not word.strip():
+            raise ConfigError(f"{where}: empty word {word!r}")
+        key = " ".join(word.lower().split())
+        if key in seen:
+            raise ConfigError(f"{where}: duplicate word '{key}' (also in {seen[key]})")
+        seen[key] = where.rsplit(": ", 1)[-1]
+        out.append(key)
+    return tuple(out)
+
+
+def _pronouns(raw: object, labels: list[str], seen: dict[str, str], src: str) -> tuple[tuple[str, ...], ...]:
+    """The optional [pronouns] table as one tuple per class (aligned with `labels`; empty when absent)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [pronouns] must be a table of class = [words]")
+    if not raw:
+        return ()
+    unknown = [k for k in raw if k not in labels]
+    if unknown:
+        raise ConfigError(f"{src}: [pronouns] names '{unknown[0]}', which is not a class")
+    return tuple(_word_list(raw.get(label, []), f"{src}: pronouns.{label}", seen) for label in labels)

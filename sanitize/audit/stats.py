@@ -19,6 +19,9 @@ from sanitize.intervals import normal_quantile, wilson_interval
 
 _z = normal_quantile
 
+# The reference "overall": each group's removal rate against the removal rate of all included groups together.
+OVERALL = "overall"
+
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
@@ -41,6 +44,27 @@ def rate_ratio(a, n1, c, n2, confidence: float = 0.95) -> tuple[np.ndarray, np.n
     ratio = _ratio(_ratio(a, n1), _ratio(c, n2))  # NaN where c == 0 or a rate is undefined
     # Katz: var(log ratio) = 1/a - 1/n1 + 1/c - 1/n2 >= 0, NaN where any count is 0, and NaN carries through
     var = _ratio(1, a) - _ratio(1, n1) + _ratio(1, c) - _ratio(1, n2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_r = np.log(ratio)
+        half = _z(confidence) * np.sqrt(var)
+        return ratio, np.exp(log_r - half), np.exp(log_r + half)
+
+
+def rate_ratio_vs_overall(a, n1, total_removed: float, total: float,
+                          confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ratio of each group's rate a/n1 to the overall rate total_removed/total of the rows it is part of, with a
+    delta-method log interval that accounts for the group being inside the total, elementwise.
+
+    var(log ratio) = (1-p)/a + (1-P)/A - 2(1-p)/A with p = a/n1, P = A/N, A = total_removed (0 for a group that is
+    all rows). NaN where a rate is undefined or A == 0; no interval where a == 0 (the estimate 0 is returned).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    n1 = np.asarray(n1, dtype=np.float64)
+    rate = _ratio(a, n1)
+    overall = _ratio(total_removed, total)
+    ratio = _ratio(rate, overall)
+    var = (_ratio(1 - rate, a) + _ratio(1 - overall, total_removed) - 2 * _ratio(1 - rate, total_removed))
+    var = np.where(np.isfinite(var), np.maximum(var, 0.0), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_r = np.log(ratio)
         half = _z(confidence) * np.sqrt(var)
@@ -128,7 +152,9 @@ class GroupStatistics:
     """Effect of one stage on the groups of one attribute (or intersection); arrays align with `groups`.
 
     `included` marks groups that enter shares and tests (not "unknown", not not-applicable, not suppressed);
-    shares are among included groups. Removal-rate ratios and p-values compare each group with `reference`.
+    shares are among included groups. Removal-rate ratios and p-values compare each group with `reference` (a
+    group, or OVERALL: the rate of all included groups together, each group tested against the rest);
+    `reference_rate` is the reference's removal rate (NaN when undefined).
     """
 
     groups: list[str]
@@ -146,6 +172,7 @@ class GroupStatistics:
     ratio: np.ndarray = field(init=False)
     ratio_ci: tuple[np.ndarray, np.ndarray] = field(init=False)
     p_value: np.ndarray = field(init=False)
+    reference_rate: float = field(init=False)
     chi2: float = field(init=False)
     dof: int = field(init=False)
     chi2_p: float = field(init=False)
@@ -199,12 +226,28 @@ def group_statistics(
 
     if g.reference is None and inc.any():
         g.reference = g.groups[int(np.argmax(g.before * inc))]  # included groups have rows, the others count 0
+    if g.reference == OVERALL and OVERALL not in g.groups:
+        _ratios_vs_overall(g, inc, confidence)
+    else:
+        _ratios_vs_group(g, inc, confidence)
+
+    g.chi2, g.dof, g.chi2_p, g.cramers_v = chi_square_test(g.removed[inc], g.kept[inc])
+    if inc.any() and g.removed[inc].sum() == 0:
+        g.notes.append("the stage removed no rows of the included groups: ratios and the χ² test are undefined")
+    elif inc.sum() < 2:
+        g.notes.append("fewer than two groups with rows: nothing to compare")
+    return g
+
+
+def _ratios_vs_group(g: GroupStatistics, inc: np.ndarray, confidence: float) -> None:
+    """Ratios (Katz) and pooled z-test p-values of every included group against the reference group."""
     n_ref = r_ref = 0
     if g.reference is not None:
         if g.reference not in g.groups:
             raise ValueError(f"reference group {g.reference!r} is not among the groups")
         i = g.groups.index(g.reference)
         n_ref, r_ref = g.before[i], g.removed[i]
+    g.reference_rate = float(r_ref / n_ref) if n_ref else math.nan
     g.ratio, lo, hi = rate_ratio(g.removed, g.before, r_ref, n_ref, confidence)
     g.ratio = np.where(inc, g.ratio, np.nan)
     g.ratio_ci = (np.where(inc, lo, np.nan), np.where(inc, hi, np.nan))
@@ -214,9 +257,15 @@ def group_statistics(
     if g.reference is not None and n_ref > 0 and r_ref == 0 and g.removed[inc].sum() > 0:
         g.notes.append(f"reference group {g.reference} lost no rows: removal-rate ratios are undefined")
 
-    g.chi2, g.dof, g.chi2_p, g.cramers_v = chi_square_test(g.removed[inc], g.kept[inc])
-    if inc.any() and g.removed[inc].sum() == 0:
-        g.notes.append("the stage removed no rows of the included groups: ratios and the χ² test are undefined")
-    elif inc.sum() < 2:
-        g.notes.append("fewer than two groups with rows: nothing to compare")
-    return g
+
+def _ratios_vs_overall(g: GroupStatistics, inc: np.ndarray, confidence: float) -> None:
+    """Ratios of every included group to the overall removal rate of the included groups (delta-method interval)
+    and p-values of each group against the rest of them (pooled z-test)."""
+    total, removed = float(g.before[inc].sum()), float(g.removed[inc].sum())
+    g.reference_rate = removed / total if total else math.nan
+    g.ratio, lo, hi = rate_ratio_vs_overall(g.removed, g.before, removed, total, confidence)
+    g.ratio = np.where(inc, g.ratio, np.nan)
+    g.ratio_ci = (np.where(inc, lo, np.nan), np.where(inc, hi, np.nan))
+    # Each included group against the other included ones (groups left out get an empty comparison: NaN).
+    p = two_proportion_p(g.removed, g.before, np.where(inc, removed - g.removed, 0), np.where(inc, total - g.before, 0))
+    g.p_value = np.where(inc, p, np.nan)

@@ -23,8 +23,11 @@ def test_builtin_lexicons_load():
     gender = load_lexicon("caption_gender")
     assert gender.classes == ("female", "male")
     assert gender.multiple == "mixed"
-    assert {"woman", "women", "girl", "she", "her", "mother"} <= set(gender.terms[0])
-    assert {"man", "men", "boy", "he", "his"} <= set(gender.terms[1])
+    assert {"woman", "women", "girl", "mother"} <= set(gender.terms[0])
+    assert {"man", "men", "boy"} <= set(gender.terms[1])
+    assert {"she", "her"} <= set(gender.pronouns[0]) and {"he", "his"} <= set(gender.pronouns[1])
+    assert {"person", "player"} <= set(gender.persons) and "dog" in gender.non_persons
+    assert "man made" in gender.exclude
     occupations = load_lexicon("occupations")
     assert {"nurse", "doctor", "engineer", "ceo", "cleaner", "teacher"} <= set(occupations.classes)
 
@@ -96,6 +99,10 @@ def test_a_spec_that_is_not_text_is_a_config_error(tmp_path):
         ("[classes]\nfemale = []\n", "class 'female': has no terms"),
         ('name = "x"\n', "non-empty \\[classes\\]"),
         ('multiple = "female"\n[classes]\nfemale = ["woman"]\n', "also a class"),
+        ('[classes]\nfemale = ["woman"]\n[pronouns]\nmale = ["he"]\n', "'male', which is not a class"),
+        ('[classes]\nfemale = ["woman", "she"]\n[pronouns]\nfemale = ["she"]\n', "duplicate word 'she'"),
+        ('[classes]\nfemale = ["woman"]\n[referents]\nanimal = ["dog"]\n', "may only hold 'person' and 'other'"),
+        ('exclude = "man made"\n[classes]\nfemale = ["woman"]\n', "exclude: must be a list"),
     ],
 )
 def test_bad_lexicons_name_file_and_entry(tmp_path, body, message):

@@ -146,7 +146,9 @@ def test_the_audit_flags_the_planted_over_removal_and_not_a_null_filter(demo_run
     out, summary = demo_run
     report = json.loads((out / "run" / "audit" / "report.json").read_text())
     flags = _gender_flags(report)
-    assert any(f["group"] == "female" and f["stage"] in ("sexual", "violence") for f in flags), flags
+    # Flagged where it happens, at the sexual stage alone (ratio 3.15 [1.65, 6.02] against men), though the audit
+    # also runs 100+ intersection tests: they are a family of their own.
+    assert any(f["group"] == "female" and f["stage"] == "sexual" and f["view"] == "stage" for f in flags), flags
     sexual = next(r for r in summary["women_vs_men"]["stages"] if r["stage"] == "sexual" and r["view"] == "stage")
     assert sexual["female"]["ci"][0] > sexual["male"]["ci"][1]  # the intervals do not overlap
 

@@ -51,6 +51,9 @@ class AuditConfig:
     weight_on: tuple[str, ...] = option((), "Attributes whose pre-filter distribution the weights restore.")
     target: dict[str, float] = option({}, "Target mix for weight_on instead, e.g. {young = 0.75, old = 0.25}.")
     device: str | None = option(None, "Device of the CLIP text tower (zero-shot attributes).", example="cuda")
+    reference: tuple[str, ...] = option((), "Reference of removal-rate ratios, ATTRIBUTE=GROUP or ATTRIBUTE=overall "
+                                        "(default: male where an attribute has it, overall for 3+ groups).",
+                                        example=["caption_gender=male", "occupation=overall"])
 
 
 class AuditStage(Stage):
@@ -81,9 +84,10 @@ class AuditStage(Stage):
             encode_text = load_run_model(run, device=c.device).encode_text
         folder = run.path / STAGE
         run.begin_stage(STAGE, {"attributes": list(c.attributes), "weight_on": list(c.weight_on),
-                                "target": dict(c.target)}, role=self.role, folder=folder)
+                                "target": dict(c.target), "reference": list(c.reference)}, role=self.role,
+                       folder=folder)
         details = audit_run(run, attributes=c.attributes, encode_text=encode_text, weight_on=c.weight_on or None,
-                            target=c.target or None, engine=context.engine)
+                            target=c.target or None, engine=context.engine, references=c.reference)
         run.mark_done(STAGE, 0)
         return context.result(self, started, None, details=details, note=f"{details['flags']} flag(s)",
                               outputs={"report": details["paths"]["html"]})
@@ -139,6 +143,7 @@ def audit_run(
     target: Mapping[str, float] | None = None,
     options: AuditOptions | None = None,
     engine: Engine,
+    references: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Audit ``run``'s finished filter stages; writes RUN/audit/ and returns the details (flags, paths, weights).
 
@@ -146,7 +151,8 @@ def audit_run(
     attributes; without it they raise ConfigError. Stages are audited in pipeline order (a classify stage's
     categories each count as one, by name), so "all stages so far" adds them up in the order they filter.
     ``engine`` computes the per-shard count tables (`count_audit_shard`); they are merged and the statistics
-    computed here, on the merged table only. Weights, when asked for, are applied here too.
+    computed here, on the merged table only. Weights, when asked for, are applied here too. ``references``
+    ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") set the reference of removal-rate ratios when ``options`` is None.
     """
     from sanitize.audit import class_embeddings, run_audit
 
@@ -164,7 +170,7 @@ def audit_run(
     if not stages:
         raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
     if options is None:
-        options = _default_options(sources)
+        options = _default_options(sources, references)
 
     def shards() -> Iterator[pl.DataFrame]:
         yield from audit_tables(run, sources, class_emb, stages)
@@ -183,13 +189,20 @@ def audit_run(
     return details
 
 
-def _default_options(sources: Sequence[AttributeSource]) -> AuditOptions:
-    """Occupation × gender as the concept-conditional view when both attributes are audited."""
+def _default_options(sources: Sequence[AttributeSource], references: Sequence[str] = ()) -> AuditOptions:
+    """Occupation × gender as the concept-conditional view when both attributes are audited; `references`
+    ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") as AuditOptions.references. Raises ConfigError on a malformed one."""
     from sanitize.audit import AuditOptions
 
     occupation = next((s.info.name for s in sources if s.info.name == "occupation"), None)
     gender = next((s.info.name for s in sources if "gender" in s.info.name), None)
-    return AuditOptions(concepts=((occupation, gender),) if occupation and gender else ())
+    parsed = {}
+    for item in references:
+        attribute, sep, group = (part.strip() for part in item.partition("="))
+        if not sep or not attribute or not group:
+            raise ConfigError(f"audit reference {item!r}: expected ATTRIBUTE=GROUP or ATTRIBUTE=overall")
+        parsed[attribute] = group
+    return AuditOptions(concepts=((occupation, gender),) if occupation and gender else (), references=parsed)
 
 
 def in_pipeline_order(run: RunFolder, names: Sequence[str]) -> list[str]:
@@ -313,11 +326,12 @@ class KeptIn:
 
 def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn], out: str | os.PathLike, *,
                    attributes: Sequence[str] = AuditConfig.attributes, weight_on: Sequence[str] | None = None,
-                   target: Mapping[str, float] | None = None) -> dict[str, Any]:
+                   target: Mapping[str, float] | None = None, references: Sequence[str] = ()) -> dict[str, Any]:
     """Audit filters run outside this tool (LAION's punsafe cut, a vendor's score, a keyword list) on `manifest`:
     each of `filters` is a stage, in the given order; the report, flags and weights are those of `audit_run`,
     written to `out`. Zero-shot attributes need a run's embeddings, so only lexicon and column attributes apply.
-    Returns the details (stages, attributes, flags, paths, weights)."""
+    `references` ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") set the reference of removal-rate ratios. Returns the
+    details (stages, attributes, flags, paths, weights)."""
     import polars as pl
 
     from sanitize.audit import run_audit
@@ -344,8 +358,9 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn
             yield table.with_columns(*(f.keep(frame, table["uid"], where).alias(f"keep:{f.name}") for f in filters))
 
     keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
-    result = run_audit(shards, [s.info for s in sources], out, stages=names, options=_default_options(sources),
-                       keywords=keywords, weight_on=list(weight_on) if weight_on else None, target=target,
+    options = _default_options(sources, references)
+    result = run_audit(shards, [s.info for s in sources], out, stages=names, options=options, keywords=keywords,
+                       weight_on=list(weight_on) if weight_on else None, target=target,
                        title=f"Filter audit of {manifest.spec.path}")
     details = {"stages": names, "attributes": [s.info.name for s in sources],
                "flags": len(result.report.get("flags", [])), "paths": {k: str(v) for k, v in result.paths.items()}}

@@ -49,7 +49,8 @@ def test_punsafe_cuts_are_audited_side_by_side(laion, tmp_path):
     assert cut["evaluated"] == int(decided.sum())
     assert cut["removed"] == int((punsafe[decided] >= 0.1).sum())
     flagged = [f for f in report["flags"] if f["entry"] == "attribute:caption_gender:stage:punsafe < 0.1"]
-    assert flagged and flagged[0]["group"] == "male" and flagged[0]["ratio"] < 1  # women were removed more
+    # Against the reference group male: women were removed more.
+    assert flagged and flagged[0]["group"] == "female" and flagged[0]["ratio"] > 1
     assert (tmp_path / "a" / "report.html").exists() and (tmp_path / "a" / "weights.parquet").exists()
 
 
