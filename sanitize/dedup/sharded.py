@@ -127,6 +127,7 @@ def find_duplicates_sharded(
     bucket_rows: int = BUCKET_ROWS,
     progress: Progress | None = None,
     task_map: TaskMap | None = None,
+    index_dir: str | Path | None = None,
 ) -> ShardedDedupResult:
     """Near-duplicates of the rows of `rows`, found phase by phase through files in `workdir`.
 
@@ -135,6 +136,8 @@ def find_duplicates_sharded(
     parts or buckets per worker, plus the duplicate graph on the driver. `workdir` keeps each finished phase;
     a rerun with the same rows and options resumes from it (another run's workdir is cleared first).
     `part_rows` / `bucket_rows` size the assign and pair-search tasks (they do not change the result).
+    `index_dir`: keep the clusterings there (`sanitize.dedup.incremental.save_index`: the assign phase's part
+    files, centroids, projection, uids) for a later `find_duplicates_since`, instead of deleting them.
     Raises ConfigError for bad options, DataError for bad rows.
     """
     options = _Options(
@@ -211,6 +214,12 @@ def find_duplicates_sharded(
         recall = _recall(work, len(parts), a[found], b[found], len(samples.recall), len(reps))
         clock.lap("recall")
         report("recall", 1, 1)
+    if index_dir is not None:
+        from sanitize.dedup.incremental import save_index
+
+        save_index(Path(index_dir), work / "parts", rows, n_parts=len(parts), centroids=centroids,
+                   projection=projection, dim=dim, n_rows=n, threshold=threshold, seed=seed)
+        clock.lap("index")
     shutil.rmtree(work / "parts", ignore_errors=True)
     seconds = clock.stop()
 

@@ -115,10 +115,10 @@ class DedupStage(Stage):
 
 def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: DedupConfig, *, seed: int = 0,
                  embedding_col: str | None = None, id_col: str | None = None, progress: Progress | None = None,
-                 engine: Engine | None = None) -> dict[str, Any]:
+                 engine: Engine | None = None, keep_index: bool = False) -> dict[str, Any]:
     """Deduplicate the embeddings at `source` (not a run folder) into the folder `out`: decisions.parquet,
-    pairs.parquet, stats.json. Returns the stats (also in stats.json). Memory: one part of the source at a time,
-    plus the duplicate graph."""
+    pairs.parquet, stats.json; with `keep_index`, also ``index/`` (its clusterings, for `dedup_since_folder`).
+    Returns the stats (also in stats.json). Memory: one part of the source at a time, plus the duplicate graph."""
     started = time.perf_counter()
     engine = resolve_engine(engine)
     embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col,
@@ -126,7 +126,7 @@ def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: Dedu
     out = Path(out)
     rows = SourceShards(embeddings, config)
     details, result = deduplicate(rows, config, seed=seed, workdir=out / "work", engine=engine, progress=progress,
-                                  where=str(source))
+                                  where=str(source), index_dir=out / "index" if keep_index else None)
     node_uids = _node_uids(rows, result)
     atomic.write_parquet(out / "pairs.parquet", pair_table(result, node_uids))
     counts = ShardStats(rows_in=result.stats["rows"], kept=result.stats["kept"],
@@ -140,9 +140,11 @@ def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: Dedu
 
 
 def deduplicate(rows: SourceShards, config: DedupConfig, *, seed: int, workdir: Path, engine: Engine,
-                progress: Progress | None, where: str) -> tuple[dict[str, Any], ShardedDedupResult]:
-    """Run `find_duplicates_sharded` over `rows` with `config` (phase files in `workdir`); return the details for
-    stats.json and the result. Raises DataError naming `where` when uids repeat."""
+                progress: Progress | None, where: str, index_dir: Path | None = None
+                ) -> tuple[dict[str, Any], ShardedDedupResult]:
+    """Run `find_duplicates_sharded` over `rows` with `config` (phase files in `workdir`; the clusterings kept in
+    `index_dir` when given); return the details for stats.json and the result. Raises DataError naming `where`
+    when uids repeat."""
     from sanitize.dedup.sharded import find_duplicates_sharded
 
     c = config
@@ -153,7 +155,7 @@ def deduplicate(rows: SourceShards, config: DedupConfig, *, seed: int, workdir: 
         result = find_duplicates_sharded(
             rows, workdir, threshold=c.threshold, n_clusterings=c.clusterings, n_clusters=c.clusters, seed=seed,
             keep=c.keep, refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
-            recall_sample=c.recall_sample, progress=progress, task_map=engine.map_tasks)
+            recall_sample=c.recall_sample, progress=progress, task_map=engine.map_tasks, index_dir=index_dir)
     except DataError as e:
         if "one uid per row" in str(e):
             raise DataError(f"{where}: uids are not unique ({e})") from None
@@ -161,6 +163,80 @@ def deduplicate(rows: SourceShards, config: DedupConfig, *, seed: int, workdir: 
     details = {k: v for k, v in result.stats.items() if k not in ("rows", "kept", "removed", "seconds")}
     details["phase_seconds"] = result.stats["seconds"]
     return details, result
+
+
+def dedup_since_folder(source: str | os.PathLike, out: str | os.PathLike, config: DedupConfig, since: str | os.PathLike,
+                       *, seed: int = 0, embedding_col: str | None = None, id_col: str | None = None,
+                       engine: Engine | None = None) -> dict[str, Any]:
+    """Deduplicate the new embeddings at `source` against the earlier dedup whose index is at `since` (an output
+    folder of ``sanitize dedup --keep-index``, or its ``index/``), into `out`: decisions.parquet (the new rows;
+    ``duplicate_of`` may be an earlier row's uid), pairs.parquet (pairs with a new row), stats.json. The earlier
+    rows are read from the index only. The clusterings are the index's; `config.clusterings` and `clusters` do not
+    apply. Returns the stats."""
+    import pyarrow.compute as pc
+
+    from sanitize.dedup.incremental import DedupIndex, find_duplicates_since
+
+    started = time.perf_counter()
+    engine = resolve_engine(engine)
+    index = DedupIndex.open(since)
+    embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col,
+                                 require_normalized=config.require_normalized)
+    out = Path(out)
+    rows = SourceShards(embeddings, config)
+    rows.check_side_columns(str(source))
+    if sum(rows.shard_sizes()) == 0:
+        raise DataError(f"{source}: no embeddings (every shard has 0 rows)")
+    c = config
+    try:
+        result = find_duplicates_since(rows, index, out / "work", threshold=c.threshold, seed=seed, keep=c.keep,
+                                       refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
+                                       recall_sample=c.recall_sample, task_map=engine.map_tasks)
+    except DataError as e:
+        if "one uid per row" in str(e):
+            raise DataError(f"{source}: uids are not unique ({e})") from None
+        raise
+    ids = np.unique(np.concatenate([result.pairs["a"].to_numpy(), result.pairs["b"].to_numpy()]))
+    uids = _since_uids(rows, index, ids)
+    at = {end: pa.array(np.searchsorted(ids, result.pairs[end].to_numpy())) for end in ("a", "b")}
+    atomic.write_parquet(out / "pairs.parquet", pa.table({
+        "uid_a": pc.take(uids, at["a"]), "uid_b": pc.take(uids, at["b"]), "cosine": result.pairs["cosine"],
+        "clustering": result.pairs["clustering"]}))
+    with atomic.atomic_path(out / "decisions.parquet") as tmp:
+        writer = None
+        for part in range(embeddings.n_shards):
+            start, stop = rows.part_range(part)
+            table = result.rows_table(start, stop)
+            dup = table["duplicate_of"].combine_chunks()
+            where = pa.array(np.searchsorted(ids, dup.fill_null(0).to_numpy()),
+                             mask=dup.is_null().to_numpy(zero_copy_only=False))
+            decisions = decision_table(embeddings.read_uids(part), table, pc.take(uids, where))
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, decisions.schema, compression="zstd")
+            writer.write_table(decisions)
+        if writer is not None:
+            writer.close()
+    stats_in = result.stats
+    counts = ShardStats(rows_in=stats_in["rows"], kept=stats_in["kept"], dropped={"duplicate": stats_in["removed"]})
+    details = {k: v for k, v in stats_in.items() if k not in ("rows", "kept", "removed", "seconds")}
+    stats = {**counts.to_dict(), "seconds": round(time.perf_counter() - started, 3), "engine": engine.name,
+             "peak_memory_mb": round(peak_memory_mb(), 1), **details, "phase_seconds": stats_in["seconds"]}
+    atomic.write_json(out / "stats.json", stats)
+    shutil.rmtree(out / "work", ignore_errors=True)
+    return stats
+
+
+def _since_uids(rows: SourceShards, index: Any, ids: np.ndarray) -> pa.Array:
+    """The uid of each of `ids` (sorted): earlier rows from the index, new rows from the source, part by part."""
+    earlier = ids[ids < index.rows]
+    out = [index.uids(earlier)] if len(earlier) else []
+    new = ids[ids >= index.rows] - index.rows
+    for part in range(rows.embeddings.n_shards):
+        start, stop = rows.part_range(part)
+        lo, hi = np.searchsorted(new, [start, stop])
+        if hi > lo:
+            out.append(pa.array(rows.embeddings.read_uids(part)[new[lo:hi] - start].tolist(), pa.string()))
+    return pa.concat_arrays([a.cast(pa.string()) for a in out]) if out else pa.array([], pa.string())
 
 
 def lasting_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +254,8 @@ def shard_counts(decisions: pa.Table) -> ShardStats:
 
 
 def decision_table(uids: np.ndarray, rows: pa.Table, dup_uids: pa.Array) -> pa.Table:
-    """Row-aligned decisions with uids: uid, keep, reason, group_id, duplicate_of (uid), cosine_to_kept.
+    """Row-aligned decisions with uids: uid, keep, reason (``duplicate_of:<uid>:<cosine to it, 4 decimals>``, null
+    when kept), group_id, duplicate_of (uid), cosine_to_kept.
 
     `rows`: `ShardedDedupResult.rows_table` of these rows; `dup_uids`: the uid of each row's kept row (null for kept
     rows).
@@ -186,8 +263,8 @@ def decision_table(uids: np.ndarray, rows: pa.Table, dup_uids: pa.Array) -> pa.T
     import pyarrow.compute as pc
 
     cos = rows["cosine_to_kept"].combine_chunks()
-    reason = pc.binary_join_element_wise(
-        pa.scalar("duplicate_of:"), dup_uids, pc.cast(pc.round(cos, 4), pa.string()), "")
+    reason = pc.binary_join_element_wise(  # duplicate_of:<uid>:<cosine>
+        pa.scalar("duplicate_of"), dup_uids, pc.cast(pc.round(cos, 4), pa.string()), ":")
     reason = pc.if_else(pc.is_null(dup_uids), pa.scalar(None, pa.string()), reason)
     return pa.table({"uid": pa.array(uids.tolist(), pa.string()), "keep": rows["keep"], "reason": reason,
                      "group_id": rows["group_id"], "duplicate_of": dup_uids, "cosine_to_kept": cos})

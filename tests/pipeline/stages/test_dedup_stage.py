@@ -54,7 +54,8 @@ def test_run_folder_decisions_per_shard_and_keep_by(run_with_embeddings):
         a, b = decisions[2 * i], decisions[2 * i + 1]
         kept, removed = (a, b) if quality[2 * i] >= quality[2 * i + 1] else (b, a)
         assert kept["keep"] and not removed["keep"]
-        assert removed["duplicate_of"] == kept["uid"] and removed["reason"].startswith(f"duplicate_of:{kept['uid']}")
+        assert removed["duplicate_of"] == kept["uid"]
+        assert removed["reason"] == f"duplicate_of:{kept['uid']}:{round(removed['cosine_to_kept'], 4)}"
     pairs = pq.read_table(run.stage_dir("dedup") / "pairs.parquet")
     assert pairs.num_rows == 20 and set(pairs.column_names) == {"uid_a", "uid_b", "cosine", "clustering"}
     before = run.shard_path("dedup", 1).read_bytes()

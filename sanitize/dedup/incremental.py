@@ -1,0 +1,439 @@
+"""Incremental dedup: a new batch against an earlier, finished dedup, without recomputing the earlier one.
+
+A finished out-of-core dedup (`find_duplicates_sharded`) can keep its **index** (`save_index`): the projection and
+every clustering's centroids, and its distinct rows grouped by cluster (the assign phase's part files, kept instead
+of deleted), plus the uid of every row. `find_duplicates_since` then takes a new batch of rows:
+
+1. **scan** and **exact** copies within the batch, as the full dedup does;
+2. **assign** the batch's distinct rows to the index's centroids in every clustering (one read of the batch);
+3. **pairs**, per clustering, only in the clusters that received new rows: new × new and new × earlier rows of the
+   same cluster, in blocks, confirmed by exact cosine (earlier × earlier pairs are never recomputed);
+4. **decisions** for the new rows only (the earlier rows' decisions stand): a new row with an earlier near-duplicate
+   is removed as a duplicate of its most similar earlier row; the new rows' own groups are decided as the full
+   dedup decides them, and a group that holds a row with an earlier duplicate keeps none of its rows;
+5. **recall**, self-reported as the full dedup does: a seeded sample of new rows is searched exhaustively against
+   every earlier and new row, and the share of those true pairs that the clusterings found is the pair recall.
+
+Work is proportional to the batch: per clustering, Σ over clusters of new·(new + earlier) products, plus one read of
+the earlier rows for the recall sample. The earlier rows are read from the index, never from their source.
+Row ids: earlier rows keep their ids (0..N-1, as in the earlier run), new rows are N + their position in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sanitize.dedup.buckets import (
+    PART_ROWS,
+    AssignPlan,
+    _read_cluster_range,
+    _read_clusters,
+    assign_part,
+    split_parts,
+)
+from sanitize.dedup.components import compact_ids
+from sanitize.dedup.defaults import DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.groups import decide_groups, keep_priority
+from sanitize.dedup.pairs import CANDIDATE_MARGIN, DEFAULT_BLOCK_ROWS
+from sanitize.dedup.parallel import TaskMap, thread_map
+from sanitize.dedup.recall import RecallEstimate, recall_from_sample
+from sanitize.dedup.run import _RECALL_STREAM, _PhaseClock, _stream_seed
+from sanitize.dedup.scan import scan_shards
+from sanitize.dedup.shards import ShardedRows, shard_offsets, unit_rows, write_node_rows
+from sanitize.errors import ConfigError, DataError
+from sanitize.io import atomic
+
+logger = logging.getLogger(__name__)
+
+INDEX_LAYOUT = 1  # version of the index folder's files
+INDEX_FILE = "index.json"
+
+
+# -- the index of a finished dedup ---------------------------------------------------------------------------
+
+
+def save_index(index_dir: Path, parts_dir: Path, rows: ShardedRows, *, n_parts: int, centroids: list[np.ndarray],
+               projection: np.ndarray | None, dim: int, n_rows: int, threshold: float, seed: int) -> None:
+    """Keep a finished dedup's clusterings in `index_dir`: its part files (moved from `parts_dir`, not copied),
+    centroids, projection and the uid of every row (`uids.parquet`, row id order); index.json written last."""
+    index_dir = Path(index_dir)
+    if index_dir.exists():
+        shutil.rmtree(index_dir)
+    index_dir.mkdir(parents=True)
+    shutil.move(str(parts_dir), str(index_dir / "parts"))
+    for c, centre in enumerate(centroids):
+        atomic.write_npy(index_dir / f"centroids_{c:03d}.npy", centre)
+    if projection is not None:
+        atomic.write_npy(index_dir / "projection.npy", projection)
+    with atomic.atomic_path(index_dir / "uids.parquet") as tmp:
+        writer = pq.ParquetWriter(tmp, pa.schema([("uid", pa.string())]), compression="zstd")
+        for s, size in enumerate(rows.shard_sizes()):
+            uids = rows.uids(s)
+            if uids is None:
+                start = int(shard_offsets(rows.shard_sizes())[s])
+                uids = pa.array([str(i) for i in range(start, start + size)], pa.string())
+            writer.write_table(pa.table({"uid": uids.cast(pa.string())}))
+        writer.close()
+    atomic.write_json(index_dir / INDEX_FILE, {
+        "layout": INDEX_LAYOUT, "rows": int(n_rows), "dim": int(dim), "n_parts": int(n_parts),
+        "n_clusterings": len(centroids), "n_clusters": len(centroids[0]), "threshold": float(threshold),
+        "seed": int(seed), "source": rows.fingerprint()})
+
+
+@dataclass(frozen=True)
+class DedupIndex:
+    """A kept index (see `save_index`), opened: its metadata; arrays are read when needed."""
+
+    path: Path
+    rows: int
+    dim: int
+    n_parts: int
+    n_clusterings: int
+    n_clusters: int
+    threshold: float
+
+    @classmethod
+    def open(cls, path: str | Path) -> DedupIndex:
+        """The index in `path` (a folder holding index.json, or an output folder with an `index/` folder in it).
+        Raises DataError naming the folder when there is none or it is of another layout."""
+        path = Path(path)
+        if not (path / INDEX_FILE).is_file() and (path / "index" / INDEX_FILE).is_file():
+            path = path / "index"
+        if not (path / INDEX_FILE).is_file():
+            raise DataError(f"{path}: no dedup index here (index.json); make one with `sanitize dedup ... "
+                            "--keep-index`")
+        try:
+            meta = json.loads((path / INDEX_FILE).read_text())
+            if meta.get("layout") != INDEX_LAYOUT:
+                raise DataError(f"{path / INDEX_FILE}: index layout {meta.get('layout')}, this version reads "
+                                f"{INDEX_LAYOUT}; rebuild it with --keep-index")
+            return cls(path, int(meta["rows"]), int(meta["dim"]), int(meta["n_parts"]), int(meta["n_clusterings"]),
+                       int(meta["n_clusters"]), float(meta["threshold"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path / INDEX_FILE}: not a dedup index ({e})") from None
+
+    @property
+    def parts(self) -> Path:
+        return self.path / "parts"
+
+    def centroids(self) -> list[np.ndarray]:
+        return [np.load(self.path / f"centroids_{c:03d}.npy") for c in range(self.n_clusterings)]
+
+    def projection(self) -> np.ndarray | None:
+        path = self.path / "projection.npy"
+        return np.load(path) if path.exists() else None
+
+    def counts(self, c: int) -> np.ndarray:
+        """(parts, clusters) rows of each part in each cluster of clustering c."""
+        return np.stack([np.load(self.parts / f"part_{p:05d}" / f"counts_{c:03d}.npy") for p in range(self.n_parts)])
+
+    def uids(self, ids: np.ndarray) -> pa.Array:
+        """The uids of earlier rows `ids` (any order)."""
+        table = pq.read_table(self.path / "uids.parquet")
+        return table["uid"].combine_chunks().take(pa.array(np.asarray(ids, dtype=np.int64)))
+
+
+# -- the incremental run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncrementalResult:
+    """What `find_duplicates_since` found. Row ids: earlier rows 0..index.rows-1, new rows index.rows + position.
+
+    pairs: a < b int64 (a may be an earlier row), cosine float32, clustering int16 (first that found it; -1 =
+        exact copies within the batch), sorted.
+    nodes: every new row in a pair, sorted by id: id, group_id, keep, duplicate_of (row id, earlier or new; null
+        when kept), cosine_to_kept. New rows not in the table are kept.
+    """
+
+    pairs: pa.Table
+    nodes: pa.Table
+    offset: int
+    stats: dict
+
+    def rows_table(self, start: int, stop: int) -> pa.Table:
+        """Decisions of new rows start..stop-1 (positions in the batch): group_id, keep, duplicate_of (row id),
+        cosine_to_kept, row-aligned."""
+        from sanitize.dedup.sharded import ShardedDedupResult
+
+        view = ShardedDedupResult(pairs=self.pairs, nodes=self.nodes, shard_sizes=[], stats={})
+        return view.rows_table(self.offset + start, self.offset + stop)
+
+
+def find_duplicates_since(
+    rows: ShardedRows,
+    index: DedupIndex,
+    workdir: str | Path,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    seed: int = 0,
+    keep: str = DEFAULT_KEEP,
+    refuse_chains: bool = False,
+    require_normalized: bool = False,
+    recall_sample: int = DEFAULT_RECALL_SAMPLE,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    part_rows: int = PART_ROWS,
+    task_map: TaskMap | None = None,
+) -> IncrementalResult:
+    """Near-duplicates of the new rows `rows`, among themselves and against the earlier rows of `index`.
+
+    Options as `find_duplicates_sharded` (the clusterings are the index's: their number, size and projection).
+    Guarantees: every pair reported has cosine >= threshold (or is an exact copy within the batch); every removed
+    row is a duplicate of an earlier row or of a kept new row; earlier rows are never read from their source nor
+    changed; same rows, index and options, same result. `workdir` holds the phase files (deleted by the caller).
+    Raises DataError for bad rows or a batch of another dimension than the index, ConfigError for bad options.
+    """
+    from sanitize.dedup.sharded import _Distinct, _exact, _Workdir
+
+    tasks = task_map or thread_map
+    if not -1 <= threshold <= 1:
+        raise ConfigError(f"threshold must be in [-1, 1], got {threshold}")
+    clock = _PhaseClock()
+    sizes = [int(s) for s in rows.shard_sizes()]
+    offsets = shard_offsets(sizes)
+    n = int(offsets[-1])
+    if n == 0:
+        raise DataError("no embeddings to deduplicate")
+    work = _Workdir(Path(workdir), {"layout": INDEX_LAYOUT, "incremental": str(index.path), "source":
+                                    rows.fingerprint(), "sizes": sizes, "threshold": float(threshold), "seed": seed,
+                                    "recall_sample": recall_sample, "part_rows": part_rows,
+                                    "require_normalized": require_normalized})
+    dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
+    if dim != index.dim:
+        raise DataError(f"the new rows have dimension {dim}, the index {index.path} has {index.dim}: another "
+                        "embedding model")
+    members, member_reps = _exact(rows, work, offsets, tasks)
+    reps = _Distinct(n, members)
+    clock.lap("exact")
+
+    parts = split_parts(sizes, part_rows)
+    plan = AssignPlan(parts=parts, offsets=offsets, members=members, centroids=index.centroids(),
+                      projection=index.projection(), sample=np.empty(0, np.int64),
+                      queries=np.empty((0, dim), np.float32), threshold=threshold)
+    todo = [p for p in range(len(parts)) if not (work / f"parts/part_{p:05d}.done").exists()]
+    tasks(assign_part, todo, (rows, str(work / "parts"), plan))
+    clock.lap("assign")
+
+    a, b, cos, source, candidates = _pairs(index, work / "parts", len(parts), threshold, block_rows, tasks)
+    clock.lap("pairs")
+    # Exact copies within the batch join the new-row pairs (cosine 1: equal rows).
+    a = np.concatenate([member_reps + index.rows, a])
+    b = np.concatenate([members + index.rows, b])
+    cos = np.concatenate([np.ones(len(members)), cos])
+    source = np.concatenate([np.full(len(members), -1, np.int64), source])
+    order = np.lexsort((source, b, a))
+    a, b, cos, source = a[order], b[order], cos[order], source[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    a, b, cos, source = a[first], b[first], cos[first], source[first]
+
+    nodes = _decide(rows, work, a, b, cos, index.rows, offsets, threshold, keep, refuse_chains, tasks)
+    clock.lap("groups")
+    recall = None
+    if recall_sample > 0:
+        rng = np.random.default_rng(_stream_seed(seed, _RECALL_STREAM, 0))
+        sample = reps.sample(rng, min(recall_sample, len(reps)))
+        recall = _recall(rows, index, work, sample, members, a[source >= 0], b[source >= 0], threshold,
+                         len(reps), tasks)
+        clock.lap("recall")
+
+    removed = int(np.count_nonzero(~nodes["keep"].to_numpy(zero_copy_only=False)))
+    against = int(np.count_nonzero(a < index.rows))
+    stats = {"rows": n, "distinct_rows": len(reps), "pairs": len(a), "pairs_with_earlier_rows": against,
+             "exact_pairs": int(np.count_nonzero(source == -1)),
+             "pairs_first_found_by_clustering": [int(np.count_nonzero(source == c))
+                                                 for c in range(index.n_clusterings)],
+             "candidates": candidates, "removed": removed, "kept": n - removed, "threshold": float(threshold),
+             "n_clusterings": index.n_clusterings, "n_clusters": index.n_clusters, "seed": int(seed),
+             "refuse_chains": bool(refuse_chains), "index": str(index.path), "index_rows": index.rows,
+             "seconds": clock.stop(), "recall": recall.to_dict() if recall is not None else None}
+    pair_table = pa.table({"a": pa.array(a, pa.int64()), "b": pa.array(b, pa.int64()),
+                           "cosine": pa.array(np.minimum(cos, 1.0).astype(np.float32)),
+                           "clustering": pa.array(source.astype(np.int16))})
+    return IncrementalResult(pairs=pair_table, nodes=nodes, offset=index.rows, stats=stats)
+
+
+def _pairs(index: DedupIndex, new_parts: Path, n_new_parts: int, threshold: float, block_rows: int,
+           tasks: TaskMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Every confirmed pair (a < b, cosine, first clustering) with a new row in it, over all clusterings."""
+    out_a, out_b, out_cos, out_src, candidates = [], [], [], [], 0
+    for c in range(index.n_clusterings):
+        new_counts = np.stack([np.load(new_parts / f"part_{p:05d}" / f"counts_{c:03d}.npy")
+                               for p in range(n_new_parts)])
+        old_counts = index.counts(c)
+        items = _cluster_tasks(new_counts.sum(axis=0), old_counts.sum(axis=0), block_rows)
+        found = tasks(_pair_task, items, (str(index.parts), str(new_parts), c, old_counts, new_counts,
+                                          index.rows, threshold, block_rows))
+        for f in found:
+            out_a.append(f[0])
+            out_b.append(f[1])
+            out_cos.append(f[2])
+            out_src.append(np.full(len(f[0]), c, np.int64))
+            candidates += f[3]
+    empty = [np.empty(0, np.int64)]
+    return (np.concatenate(empty + out_a), np.concatenate(empty + out_b),
+            np.concatenate([np.empty(0, np.float64), *out_cos]), np.concatenate(empty + out_src), candidates)
+
+
+def _cluster_tasks(new_sizes: np.ndarray, old_sizes: np.ndarray, block_rows: int) -> list[tuple[int, int]]:
+    """(cluster, first earlier row) tasks: every cluster with new rows, its earlier rows cut in runs of
+    `4 * block_rows` so a giant cluster is shared between tasks (first earlier row 0 also does new × new)."""
+    step = 4 * block_rows
+    return [(int(q), start) for q in np.flatnonzero(new_sizes)
+            for start in range(0, max(int(old_sizes[q]), 1), step)]
+
+
+def _pair_task(old_folder: str, new_folder: str, c: int, old_counts: np.ndarray, new_counts: np.ndarray,
+               offset: int, threshold: float, block_rows: int, item: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One cluster's pairs: its new rows against earlier rows start..start+4·block_rows, and (for the first task
+    of the cluster) against each other. Returns (a, b, cosine, candidates), ids global."""
+    q, start = item
+    new_ids, new_x = _read_clusters(new_folder, c, new_counts, q, q + 1)
+    new_ids = new_ids + offset
+    cut = threshold - CANDIDATE_MARGIN
+    out_a, out_b, out_cos, candidates = [], [], [], 0
+    old_size = int(old_counts[:, q].sum())
+    stop = min(old_size, start + 4 * block_rows)
+    for j0 in range(start, stop, block_rows):
+        old_ids, old_x = _read_cluster_range(old_folder, c, old_counts, q, j0, min(stop, j0 + block_rows))
+        for i0 in range(0, len(new_ids), block_rows):
+            xi = new_x[i0 : i0 + block_rows]
+            li, lj = np.divmod(np.flatnonzero(xi @ old_x.T >= cut), len(old_ids))
+            candidates += len(li)
+            cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), old_x[lj].astype(np.float64))
+            keep = cos >= threshold
+            out_a.append(old_ids[lj[keep]])
+            out_b.append(new_ids[i0 + li[keep]])
+            out_cos.append(cos[keep])
+    if start == 0:
+        for i0 in range(0, len(new_ids), block_rows):
+            xi = new_x[i0 : i0 + block_rows]
+            for j0 in range(i0, len(new_ids), block_rows):
+                xj = new_x[j0 : j0 + block_rows]
+                li, lj = np.divmod(np.flatnonzero(xi @ xj.T >= cut), len(xj))
+                if j0 == i0:
+                    upper = li < lj
+                    li, lj = li[upper], lj[upper]
+                candidates += len(li)
+                cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
+                keep = cos >= threshold
+                out_a.append(new_ids[i0 + li[keep]])
+                out_b.append(new_ids[j0 + lj[keep]])
+                out_cos.append(cos[keep])
+    empty = [np.empty(0, np.int64)]
+    return (np.concatenate(empty + out_a), np.concatenate(empty + out_b),
+            np.concatenate([np.empty(0, np.float64), *out_cos]), candidates)
+
+
+def _decide(rows: ShardedRows, work: Path, a: np.ndarray, b: np.ndarray, cos: np.ndarray, offset: int,
+            offsets: np.ndarray, threshold: float, keep: str, refuse_chains: bool, tasks: TaskMap) -> pa.Table:
+    """The nodes table: new rows with an earlier duplicate are removed as duplicates of their most similar
+    earlier row; the new rows' own graph is decided by `decide_groups` with those rows first in priority, and
+    a group whose top row has an earlier duplicate keeps none."""
+    from sanitize.dedup.sharded import _keep_values_at
+
+    earlier = a < offset
+    new_a, new_b = a[~earlier] - offset, b[~earlier] - offset
+    # Each new row's best earlier match: highest cosine, then smallest earlier id.
+    ea, eb, ec = a[earlier], b[earlier] - offset, cos[earlier]
+    order = np.lexsort((ea, -ec, eb))
+    ea, eb, ec = ea[order], eb[order], ec[order]
+    best = np.ones(len(eb), dtype=bool)
+    best[1:] = eb[1:] != eb[:-1]
+    matched, match_of, match_cos = eb[best], ea[best], ec[best]
+
+    nodes, la, lb = compact_ids(np.concatenate([new_a, matched]), np.concatenate([new_b, matched]))
+    la, lb = la[: len(new_a)], lb[: len(new_a)]
+    graph_rows = write_node_rows(rows, nodes, work / "graph_rows", tasks)
+    has_earlier = np.isin(nodes, matched)
+    values = _keep_values_at(rows, nodes, offsets)
+    rank = keep_priority(len(nodes), values, keep)
+    priority = np.lexsort((rank, ~has_earlier))  # rows with an earlier duplicate first, then the keep rule
+    inverse = np.empty_like(priority)
+    inverse[priority] = np.arange(len(priority))
+    decisions = decide_groups(graph_rows, la, lb, threshold, priority=inverse, refuse_chains=refuse_chains)
+    keep_row = decisions.keep.copy()
+    dup = np.where(keep_row, -1, nodes[np.maximum(decisions.duplicate_of, 0)] + offset)
+    dup_cos = np.minimum(decisions.cosine_to_kept, 1.0)
+    at = np.searchsorted(nodes, matched)
+    keep_row[at] = False
+    dup[at] = match_of
+    dup_cos[at] = np.minimum(match_cos, 1.0)
+    group = decisions.group_id
+    return pa.table({
+        "id": pa.array(nodes + offset, pa.int64()),
+        "group_id": pa.array(group, pa.int64(), mask=group < 0),
+        "keep": pa.array(keep_row, pa.bool_()),
+        "duplicate_of": pa.array(dup, pa.int64(), mask=keep_row),
+        "cosine_to_kept": pa.array(dup_cos.astype(np.float32), pa.float32(), mask=keep_row),
+    })
+
+
+def _recall(rows: ShardedRows, index: DedupIndex, work: Path, sample: np.ndarray, members: np.ndarray,
+            found_a: np.ndarray, found_b: np.ndarray, threshold: float, n_distinct: int, tasks: TaskMap
+            ) -> RecallEstimate:
+    """Pair recall from `sample` (new distinct rows): its true pairs, found exhaustively among every earlier
+    distinct row (the index's parts) and every new distinct row (all but the exact copies `members`), against the
+    pairs the clusterings found, as the full dedup counts them."""
+    queries_rows = write_node_rows(rows, sample, work / "recall_rows", tasks)
+    queries = queries_rows.unit(queries_rows.local_of(sample))
+    sample_ids = sample + index.rows
+    found = tasks(_true_pairs_in_part, list(range(index.n_parts)),
+                  (str(index.parts), queries, sample_ids, threshold))
+    found += tasks(_true_pairs_in_shard, list(range(len(rows.shard_sizes()))),
+                   (rows, queries, sample_ids, members, threshold, index.rows))
+    q, a, b = (np.concatenate([np.empty(0, np.int64)] + [f[k] for f in found]) for k in range(3))
+    order = np.lexsort((q, b, a))  # a pair of two sampled rows goes to the first of them
+    q, a, b = q[order], a[order], b[order]
+    first = np.ones(len(a), dtype=bool)
+    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    q, a, b = q[first], a[first], b[first]
+    fo = np.lexsort((found_b, found_a))
+    fa, fb = found_a[fo], found_b[fo]
+    lo, hi = np.searchsorted(fa, a, side="left"), np.searchsorted(fa, a, side="right")
+    hit = np.array([bool(np.any(fb[i:j] == bi)) for i, j, bi in zip(lo, hi, b, strict=True)], dtype=bool)
+    return recall_from_sample(q, hit, len(sample), exact=len(sample) == n_distinct)
+
+
+def _hits(queries: np.ndarray, sample_ids: np.ndarray, ids: np.ndarray, x: np.ndarray, threshold: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    q, j = np.divmod(np.flatnonzero(queries @ x.T >= threshold - CANDIDATE_MARGIN), len(x))
+    not_self = ids[j] != sample_ids[q]
+    q, j = q[not_self], j[not_self]
+    cos = np.einsum("ij,ij->i", queries[q].astype(np.float64), x[j].astype(np.float64))
+    true = cos >= threshold
+    q, other = q[true], ids[j[true]]
+    return q, np.minimum(sample_ids[q], other), np.maximum(sample_ids[q], other)
+
+
+def _true_pairs_in_part(folder: str, queries: np.ndarray, sample_ids: np.ndarray, threshold: float, p: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    part = Path(folder) / f"part_{p:05d}"
+    ids = np.load(part / "ids.npy")
+    raw = np.load(part / "rows.npy", mmap_mode="r")
+    inv = np.load(part / "inv_norms.npy")
+    out = []
+    for i in range(0, len(ids), 65536):
+        x = np.asarray(raw[i : i + 65536], dtype=np.float32) * inv[i : i + 65536, None]
+        out.append(_hits(queries, sample_ids, ids[i : i + 65536], x, threshold))
+    del raw
+    return tuple(np.concatenate([np.empty(0, np.int64)] + [o[k] for o in out]) for k in range(3))
+
+
+def _true_pairs_in_shard(rows: ShardedRows, queries: np.ndarray, sample_ids: np.ndarray, members: np.ndarray,
+                         threshold: float, offset: int, s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sizes = rows.shard_sizes()
+    start = int(np.sum(sizes[:s]))
+    raw = rows.read(s)
+    distinct = np.setdiff1d(np.arange(start, start + len(raw), dtype=np.int64), members, assume_unique=True)
+    unit, _ = unit_rows(raw[distinct - start])
+    return _hits(queries, sample_ids, distinct + offset, unit, threshold)
