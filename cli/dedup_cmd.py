@@ -26,11 +26,17 @@ from sanitize_cli.options import json_option, seed_option
 @click.option("--since", type=click.Path(exists=True, file_okay=False),
               help="Deduplicate SOURCE as a new batch against an earlier `--keep-index` output (its OUT or OUT/index):"
                    " only the new rows are searched and decided, in the earlier clusterings.")
+@click.option("--against", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Decontaminate instead: drop rows of SOURCE that repeat an item of this reference set (an "
+                   "evaluation set's clip-retrieval or run folder, same model); exhaustive search. Repeatable.")
 @seed_option
 @json_option
-def dedup(source, out, embedding_col, id_col, keep_index, since, seed, as_json, **values):
+def dedup(source, out, embedding_col, id_col, keep_index, since, against, seed, as_json, **values):
     """SOURCE is a run folder, a clip-retrieval folder, parquet with an embedding column, or a .npy file."""
     config = from_cli("dedup", DedupConfig, values)
+    if against:
+        _decontaminate(source, out, against, config.threshold, embedding_col, id_col, as_json, keep_index or since)
+        return
 
     def progress(phase: str, done: int, total: int) -> None:
         if not as_json:
@@ -64,4 +70,25 @@ def dedup(source, out, embedding_col, id_col, keep_index, since, seed, as_json, 
                      f"{recall['sampled_rows']} sampled rows)")
     elif recall:
         lines.append(f"pair recall unknown: the {recall['sampled_rows']} sampled rows have no true pair")
+    emit(stats, as_json, lines)
+
+
+def _decontaminate(source, out, against, threshold, embedding_col, id_col, as_json, other_mode) -> None:
+    """`sanitize dedup SOURCE --against REF`: the decontaminate stage's search, into the run or into --out."""
+    from sanitize.pipeline.stages.decontaminate import DecontaminateConfig, DecontaminateStage, decontaminate_folder
+
+    if other_mode:
+        raise ConfigError("--against searches reference sets; it does not combine with --keep-index or --since")
+    config = DecontaminateConfig(against=tuple(against), threshold=threshold)
+    if Path(source, "run.json").is_file():
+        stats = run_stage(DecontaminateStage(config), RunFolder.open(source)).to_dict()
+    elif out is None:
+        raise ConfigError("--out is needed when SOURCE is not a run folder")
+    else:
+        stats = decontaminate_folder(source, out, config, embedding_col=embedding_col, id_col=id_col)
+    lines = [f"{stats['rows_in']} rows against {len(against)} reference set(s) at cosine >= {threshold}: "
+             f"removed {stats['dropped'].get('contaminated', 0)}"]
+    for name, ref in stats["references"].items():
+        lines.append(f"  {name}: {ref['items_found_in_corpus']} of its {ref['items']} items have a near-duplicate "
+                     "in SOURCE")
     emit(stats, as_json, lines)

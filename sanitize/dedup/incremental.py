@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sanitize.dedup.buckets import (
+    BUCKET_ROWS,
+    MIN_BUCKETS,
     PART_ROWS,
     AssignPlan,
     _read_cluster_range,
@@ -269,9 +271,11 @@ def _pairs(index: DedupIndex, new_parts: Path, n_new_parts: int, threshold: floa
         new_counts = np.stack([np.load(new_parts / f"part_{p:05d}" / f"counts_{c:03d}.npy")
                                for p in range(n_new_parts)])
         old_counts = index.counts(c)
-        items = _cluster_tasks(new_counts.sum(axis=0), old_counts.sum(axis=0), block_rows)
+        new_sizes, old_sizes = new_counts.sum(axis=0), old_counts.sum(axis=0)
+        bucket_rows = max(block_rows, min(BUCKET_ROWS, -(-int((new_sizes + old_sizes).sum()) // MIN_BUCKETS)))
+        items = _pair_tasks(new_sizes, old_sizes, bucket_rows)
         found = tasks(_pair_task, items, (str(index.parts), str(new_parts), c, old_counts, new_counts,
-                                          index.rows, threshold, block_rows))
+                                          index.rows, threshold, block_rows, bucket_rows))
         for f in found:
             out_a.append(f[0])
             out_b.append(f[1])
@@ -283,55 +287,88 @@ def _pairs(index: DedupIndex, new_parts: Path, n_new_parts: int, threshold: floa
             np.concatenate([np.empty(0, np.float64), *out_cos]), np.concatenate(empty + out_src), candidates)
 
 
-def _cluster_tasks(new_sizes: np.ndarray, old_sizes: np.ndarray, block_rows: int) -> list[tuple[int, int]]:
-    """(cluster, first earlier row) tasks: every cluster with new rows, its earlier rows cut in runs of
-    `4 * block_rows` so a giant cluster is shared between tasks (first earlier row 0 also does new × new)."""
-    step = 4 * block_rows
-    return [(int(q), start) for q in np.flatnonzero(new_sizes)
-            for start in range(0, max(int(old_sizes[q]), 1), step)]
+def _pair_tasks(new_sizes: np.ndarray, old_sizes: np.ndarray, bucket_rows: int) -> list[tuple[int, int, int]]:
+    """(first cluster, stop cluster, first earlier row) tasks over the clusters that received new rows: runs of
+    such clusters with at most `bucket_rows` rows in all (first earlier row -1: all of them), or, for a cluster
+    with more earlier rows than that, one task per `bucket_rows` of its earlier rows (the one at 0 also searches
+    the new rows among themselves)."""
+    items: list[tuple[int, int, int]] = []
+    first, total = -1, 0
+
+    def close(stop: int) -> None:
+        nonlocal first, total
+        if first >= 0:
+            items.append((first, stop, -1))
+        first, total = -1, 0
+
+    for q in range(len(new_sizes)):
+        if new_sizes[q] == 0:
+            close(q)
+            continue
+        if old_sizes[q] > bucket_rows:
+            close(q)
+            items.extend((q, q + 1, start) for start in range(0, int(old_sizes[q]), bucket_rows))
+            continue
+        size = int(new_sizes[q] + old_sizes[q])
+        if first >= 0 and total + size > bucket_rows:
+            close(q)
+        if first < 0:
+            first = q
+        total += size
+    close(len(new_sizes))
+    return items
 
 
 def _pair_task(old_folder: str, new_folder: str, c: int, old_counts: np.ndarray, new_counts: np.ndarray,
-               offset: int, threshold: float, block_rows: int, item: tuple[int, int]
+               offset: int, threshold: float, block_rows: int, bucket_rows: int, item: tuple[int, int, int]
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """One cluster's pairs: its new rows against earlier rows start..start+4·block_rows, and (for the first task
-    of the cluster) against each other. Returns (a, b, cosine, candidates), ids global."""
-    q, start = item
-    new_ids, new_x = _read_clusters(new_folder, c, new_counts, q, q + 1)
+    """One task's pairs: in each of its clusters, the new rows against the earlier rows and against each other
+    (for a giant cluster's task: against earlier rows start..start+bucket_rows, and each other when start is 0).
+    Returns (a, b, cosine, candidates), ids global."""
+    q0, q1, start = item
+    new_ids, new_x = _read_clusters(new_folder, c, new_counts, q0, q1)
     new_ids = new_ids + offset
-    cut = threshold - CANDIDATE_MARGIN
-    out_a, out_b, out_cos, candidates = [], [], [], 0
-    old_size = int(old_counts[:, q].sum())
-    stop = min(old_size, start + 4 * block_rows)
-    for j0 in range(start, stop, block_rows):
-        old_ids, old_x = _read_cluster_range(old_folder, c, old_counts, q, j0, min(stop, j0 + block_rows))
-        for i0 in range(0, len(new_ids), block_rows):
-            xi = new_x[i0 : i0 + block_rows]
-            li, lj = np.divmod(np.flatnonzero(xi @ old_x.T >= cut), len(old_ids))
-            candidates += len(li)
-            cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), old_x[lj].astype(np.float64))
-            keep = cos >= threshold
-            out_a.append(old_ids[lj[keep]])
-            out_b.append(new_ids[i0 + li[keep]])
-            out_cos.append(cos[keep])
-    if start == 0:
-        for i0 in range(0, len(new_ids), block_rows):
-            xi = new_x[i0 : i0 + block_rows]
-            for j0 in range(i0, len(new_ids), block_rows):
-                xj = new_x[j0 : j0 + block_rows]
-                li, lj = np.divmod(np.flatnonzero(xi @ xj.T >= cut), len(xj))
-                if j0 == i0:
-                    upper = li < lj
-                    li, lj = li[upper], lj[upper]
-                candidates += len(li)
-                cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
-                keep = cos >= threshold
-                out_a.append(new_ids[i0 + li[keep]])
-                out_b.append(new_ids[j0 + lj[keep]])
-                out_cos.append(cos[keep])
+    new_bounds = np.concatenate([[0], np.cumsum(new_counts[:, q0:q1].sum(axis=0))])
+    if start < 0:
+        old_ids, old_x = _read_clusters(old_folder, c, old_counts, q0, q1)
+        old_bounds = np.concatenate([[0], np.cumsum(old_counts[:, q0:q1].sum(axis=0))])
+    else:
+        stop = min(int(old_counts[:, q0].sum()), start + bucket_rows)
+        old_ids, old_x = _read_cluster_range(old_folder, c, old_counts, q0, start, stop)
+        old_bounds = np.array([0, len(old_ids)])
+    found: list[tuple[np.ndarray, ...]] = []
+    candidates = 0
+    for j in range(q1 - q0):
+        ni, nx = new_ids[new_bounds[j] : new_bounds[j + 1]], new_x[new_bounds[j] : new_bounds[j + 1]]
+        oi, ox = old_ids[old_bounds[j] : old_bounds[j + 1]], old_x[old_bounds[j] : old_bounds[j + 1]]
+        for i0 in range(0, len(ni), block_rows):
+            for j0 in range(0, len(oi), block_rows):
+                pairs, n_cand = _block_pairs(nx[i0 : i0 + block_rows], ox[j0 : j0 + block_rows], threshold,
+                                             upper=False)
+                candidates += n_cand
+                found.append((oi[j0 + pairs[1]], ni[i0 + pairs[0]], pairs[2]))
+            if start <= 0:
+                for j0 in range(i0, len(ni), block_rows):
+                    pairs, n_cand = _block_pairs(nx[i0 : i0 + block_rows], nx[j0 : j0 + block_rows], threshold,
+                                                 upper=j0 == i0)
+                    candidates += n_cand
+                    found.append((ni[i0 + pairs[0]], ni[j0 + pairs[1]], pairs[2]))
     empty = [np.empty(0, np.int64)]
-    return (np.concatenate(empty + out_a), np.concatenate(empty + out_b),
-            np.concatenate([np.empty(0, np.float64), *out_cos]), candidates)
+    return (np.concatenate(empty + [f[0] for f in found]), np.concatenate(empty + [f[1] for f in found]),
+            np.concatenate([np.empty(0, np.float64)] + [f[2] for f in found]), candidates)
+
+
+def _block_pairs(xi: np.ndarray, xj: np.ndarray, threshold: float, *, upper: bool
+                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """((i, j, cosine) of the pairs of unit rows xi × xj with exact cosine >= threshold (i < j when `upper`: a
+    block against itself), candidates nominated by the float32 product)."""
+    li, lj = np.divmod(np.flatnonzero(xi @ xj.T >= threshold - CANDIDATE_MARGIN), len(xj))
+    if upper:
+        keep = li < lj
+        li, lj = li[keep], lj[keep]
+    cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
+    true = cos >= threshold
+    return (li[true], lj[true], cos[true]), len(li)
 
 
 def _decide(rows: ShardedRows, work: Path, a: np.ndarray, b: np.ndarray, cos: np.ndarray, offset: int,

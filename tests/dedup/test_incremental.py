@@ -53,6 +53,10 @@ def test_one_cluster_gives_the_exhaustive_answer_and_the_full_runs_decisions(dat
     new = find_duplicates_since(ArrayShards(data[4000:], 300), index, tmp_path / "w2", threshold=THRESHOLD)
     assert _pairs(new) == _brute_pairs(data, 4000)
     assert new.stats["recall"]["recall"] == 1.0
+    # Small blocks make the one cluster "giant": its earlier rows are split between tasks. Same pairs.
+    split = find_duplicates_since(ArrayShards(data[4000:], 300), index, tmp_path / "w4", threshold=THRESHOLD,
+                                  block_rows=256)
+    assert split.pairs.equals(new.pairs) and split.nodes.equals(new.nodes)
     full = find_duplicates_sharded(ArrayShards(data, 500), tmp_path / "w3", threshold=THRESHOLD, n_clusterings=1,
                                    n_clusters=1)
     mine, theirs = new.rows_table(0, 2000), full.rows_table(4000, 6000)

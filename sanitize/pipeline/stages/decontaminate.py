@@ -144,6 +144,54 @@ def decision_table(uids: np.ndarray, matches: list[tuple[int, str, str, float]])
     })
 
 
+def decontaminate_folder(source: str | os.PathLike, out: str | os.PathLike, config: DecontaminateConfig, *,
+                         embedding_col: str | None = None, id_col: str | None = None,
+                         engine: Any = None) -> dict[str, Any]:
+    """The stage's search for embeddings that are not a run folder (`sanitize dedup SOURCE --against REF`): per
+    part of `source`, ``OUT/decisions/NNNNN.parquet`` and ``OUT/matches/NNNNN.parquet`` (a part already written is
+    kept, so a rerun resumes), then ``OUT/decisions.parquet`` (every part's, in order),
+    ``OUT/reference_matches.parquet`` and ``OUT/stats.json``. Returns the stats."""
+    from sanitize.engines import resolve_engine
+    from sanitize.io.runfolder import peak_memory_mb
+
+    started = time.perf_counter()
+    engine = resolve_engine(engine)
+    if not config.against:
+        raise ConfigError("--against needs at least one reference set")
+    embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col)
+    if embeddings.n_shards == 0:
+        raise DataError(f"{source}: no embeddings")
+    references = load_references(config.against, dim=embeddings.read_shard(0).img_emb.shape[1])
+    out = Path(out)
+    todo = [i for i in range(embeddings.n_shards) if not (out / "decisions" / f"{i:05d}.parquet").exists()]
+    engine.map_tasks(_decontaminate_part, todo, (str(source), embedding_col, id_col, str(out), config))
+    parts = [read_parquet(out / "decisions" / f"{i:05d}.parquet") for i in range(embeddings.n_shards)]
+    atomic.write_parquet(out / "decisions.parquet", pa.concat_tables(parts))
+    details = _reference_matches(out, references, embeddings.n_shards)
+    rows = sum(p.num_rows for p in parts)
+    kept = sum(int(np.count_nonzero(p["keep"].to_numpy(zero_copy_only=False))) for p in parts)
+    stats = {**ShardStats(rows_in=rows, kept=kept, dropped={"contaminated": rows - kept}).to_dict(),
+             "threshold": config.threshold, **details, "seconds": round(time.perf_counter() - started, 3),
+             "engine": engine.name, "peak_memory_mb": round(peak_memory_mb(), 1)}
+    atomic.write_json(out / "stats.json", stats)
+    return stats
+
+
+def _decontaminate_part(source: str, embedding_col: str | None, id_col: str | None, out: str,
+                        config: DecontaminateConfig, part: int) -> None:
+    """One task of `decontaminate_folder`: part `part`'s matches, then its decisions (written last)."""
+    embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col)
+    shard = embeddings.read_shard(part)
+    indexed = [(ref, ref.index()) for ref in load_references(config.against, dim=shard.img_emb.shape[1])]
+    matches = shard_matches(shard.img_emb, indexed, config.threshold)
+    atomic.write_parquet(Path(out) / "matches" / f"{part:05d}.parquet", pa.table({
+        "uid": pa.array([str(shard.uids[m[0]]) for m in matches], pa.string()),
+        "ref_set": pa.array([m[1] for m in matches], pa.string()),
+        "ref_uid": pa.array([m[2] for m in matches], pa.string()),
+        "cosine": pa.array([m[3] for m in matches], pa.float32())}))
+    atomic.write_parquet(Path(out) / "decisions" / f"{part:05d}.parquet", decision_table(shard.uids, matches))
+
+
 class DecontaminateWorker:
     """The stage's `ShardWorker`: loads the reference sets once per process, then searches one shard per call."""
 
@@ -186,10 +234,14 @@ class DecontaminateWorker:
 def write_reference_matches(run: RunFolder, references: list[Reference], n_shards: int) -> dict[str, Any]:
     """reference_matches.parquet (ref_set, ref_uid, corpus_rows, best_cosine, example_uid) from the shards' match
     files, and per reference set: its items and how many of them the corpus repeats."""
+    return _reference_matches(run.stage_dir(STAGE), references, n_shards)
+
+
+def _reference_matches(folder: Path, references: list[Reference], n_shards: int) -> dict[str, Any]:
+    """`write_reference_matches` for the match files in `folder`/matches/, written to `folder`."""
     import polars as pl
 
-    frames = [pl.from_arrow(read_parquet(run.stage_dir(STAGE) / "matches" / f"{i:05d}.parquet"))
-              for i in range(n_shards)]
+    frames = [pl.from_arrow(read_parquet(folder / "matches" / f"{i:05d}.parquet")) for i in range(n_shards)]
     pairs = pl.concat(frames) if frames else pl.DataFrame(
         schema={"uid": pl.String, "ref_set": pl.String, "ref_uid": pl.String, "cosine": pl.Float32})
     found = (pairs.sort("cosine", "uid", descending=[True, False])
@@ -197,7 +249,7 @@ def write_reference_matches(run: RunFolder, references: list[Reference], n_shard
              .agg(pl.len().alias("corpus_rows"), pl.col("cosine").first().alias("best_cosine"),
                   pl.col("uid").first().alias("example_uid"))
              .sort("ref_set", "ref_uid"))
-    atomic.write_parquet(run.stage_dir(STAGE) / "reference_matches.parquet", found.to_arrow())
+    atomic.write_parquet(folder / "reference_matches.parquet", found.to_arrow())
     return {"references": {r.name: {"items": len(r.uids),
                                     "items_found_in_corpus": found.filter(pl.col("ref_set") == r.name).height}
                            for r in references}}

@@ -84,3 +84,33 @@ def test_bad_reference_sets(world, tmp_path):
     with pytest.raises(ConfigError, match="decontaminate needs reference sets"):
         run_stage(DecontaminateStage(), run)
     assert DecontaminateStage().skip_reason() == "no [decontaminate] against sets"
+
+
+def test_dedup_against_spelling_on_a_npy_and_on_a_run(world, tmp_path):
+    # `sanitize dedup SOURCE --against REF` is the same search as the stage: on a .npy into --out, on a run folder
+    # into the run; both drop exactly brute force's rows and list the reference items found.
+    import json
+
+    from click.testing import CliRunner
+
+    from sanitize_cli.main import cli
+
+    run, ref_dir, corpus, ref = world
+    expected = brute_force(corpus, ref, 0.95)
+    np.save(tmp_path / "corpus.npy", corpus.astype(np.float16))
+    result = CliRunner().invoke(cli, ["dedup", str(tmp_path / "corpus.npy"), "--out", str(tmp_path / "o"),
+                                      "--against", str(ref_dir), "--threshold", "0.95", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    decisions = pq.read_table(tmp_path / "o" / "decisions.parquet").to_pylist()
+    assert {i for i, d in enumerate(decisions) if not d["keep"]} == {i for i, _ in expected}
+    assert stats["dropped"] == {"contaminated": len({i for i, _ in expected})}
+    assert stats["references"]["evalset"]["items_found_in_corpus"] == len({j for _, j in expected})
+    found = pq.read_table(tmp_path / "o" / "reference_matches.parquet")
+    assert sorted(found["ref_uid"].to_pylist()) == sorted({f"e{j}" for _, j in expected})
+    on_run = CliRunner().invoke(cli, ["dedup", str(run.path), "--against", str(ref_dir), "--threshold", "0.95"])
+    assert on_run.exit_code == 0, on_run.output
+    assert f"{len({j for _, j in expected})} of its 30 items" in on_run.output
+    bad = CliRunner().invoke(cli, ["dedup", str(tmp_path / "corpus.npy"), "--out", str(tmp_path / "x"),
+                                   "--against", str(ref_dir), "--keep-index"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1, bad.output
