@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from sanitize.clip.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED, DEMO_MODEL
 from sanitize.errors import ConfigError, DataError
@@ -208,11 +209,14 @@ def load_clip(
                 image_resize_mode=source.preprocess.get("resize_mode"),
                 weights_only=True,
             )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as exc:
         if source.weights is None:
             raise
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot load weights {source.weights} into {model}: {first_line}") from exc
+        # torch's load_state_dict error spans lines ("Error(s) in loading state_dict for CLIP:", then each key):
+        # one line, cut, so the user sees which keys or shapes are wrong.
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise DataError(f"cannot load weights {source.weights} into {model}: {detail}") from exc
     network.eval()
     tokenizer = open_clip.get_tokenizer(source.open_clip_name)
     logger.info(

@@ -362,7 +362,11 @@ def _classifier_labels(saved: EmbeddingClassifier | None, y: np.ndarray) -> dict
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; DataError naming the file when it is unreadable, not JSON or not an object."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -207,3 +207,25 @@ def test_caption_tokens_match_real_clip_token_ids(tiny_model, shared_data):
         assert ours[:end] == golden[:end], row["caption"]
         assert not any(ours[end:]), row["caption"]
     assert len(rows) == 5000
+
+
+@pytest.mark.parametrize("kind", ["wrong_shapes", "garbage_header", "huge_declared_size"])
+def test_a_crafted_safetensors_checkpoint_is_one_line(tiny_name, tmp_path, kind):
+    # Untrusted weights: wrong tensor shapes, a header that is not one, a header declaring more bytes than the
+    # file holds. Each is a one-line DataError naming the file; nothing of the declared size is allocated.
+    import json
+    import struct
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "wrong_shapes":
+        save_file({"visual.conv1.weight": torch.zeros(3, 3)}, str(path))
+    elif kind == "garbage_header":
+        path.write_bytes(b"\xff" * 8 + b"{}")
+    else:
+        header = json.dumps({"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}})
+        path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 16)
+    with pytest.raises(DataError) as info:
+        load_clip(tiny_name, str(path), device="cpu")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

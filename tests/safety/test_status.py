@@ -69,3 +69,19 @@ def test_bad_options(tmp_path):
         label_status("c", store.read(), threshold=1.5)
     with pytest.raises(ConfigError, match="folds"):
         label_status("c", store.read(), folds=1)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"certified"', "{not json"])
+def test_a_crafted_certificate_file_is_one_data_error(tmp_path, content):
+    # A certificate.json that is not a JSON object (a list, a string, broken text) names the file, never a traceback.
+    from types import SimpleNamespace
+
+    from sanitize.errors import DataError
+    from sanitize.safety.workflow import last_certificate
+
+    folder = tmp_path / "stages" / "classify" / "sexual"
+    folder.mkdir(parents=True)
+    (folder / "certificate.json").write_text(content)
+    run = SimpleNamespace(stage_dir=lambda stage: tmp_path / "stages" / stage)
+    with pytest.raises(DataError, match="certificate.json"):
+        last_certificate(run, "sexual")
