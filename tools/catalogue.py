@@ -1,0 +1,61 @@
+"""The README's "What we tried" table, generated from the bad-input tests' own parameters, so it cannot drift.
+
+    python tools/catalogue.py          # print the table
+    python tools/catalogue.py --write  # rewrite it in README.md, between the catalogue markers
+
+Each row is one `pytest.param` of a table in tests/io/test_bad_inputs.py: the command it runs, the input (the
+case's id), the exit code and the words the one-line error must hold. tests/test_catalogue.py checks that the
+README holds exactly this text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
+
+
+def tables() -> list[tuple[str, list]]:
+    """(command, cases) of every catalogue table the tests hold."""
+    sys.path.insert(0, str(REPO))
+    from tests.io.test_bad_inputs import DEDUP_CASES, INSPECT_CASES
+
+    return [("sanitize dedup SOURCE --out OUT", DEDUP_CASES), ("sanitize inspect MANIFEST", INSPECT_CASES)]
+
+
+def render() -> str:
+    """The markdown table: command, input, extra options, exit code, what the one error line says."""
+    lines = ["| command | input | options | exit | the one error line holds |", "|---|---|---|---:|---|"]
+    for command, cases in tables():
+        for case in cases:
+            _, args, code, message = case.values
+            root = " (skipped as root)" if any(m.name == "skipif" for m in case.marks) else ""
+            options = " ".join(f"`{a}`" for a in args) or ""
+            words = message.replace("|", "\\|")
+            lines.append(f"| `{command}` | {case.id.replace('-', ' ')}{root} | {options} | {code} | {words} |")
+    return "\n".join(lines) + "\n"
+
+
+def replaced(text: str, table: str) -> str:
+    """`text` with the part between the catalogue markers replaced by `table`; ValueError without the markers."""
+    start, end = text.index(START) + len(START), text.index(END)
+    return text[:start] + "\n" + table + text[end:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the table in README.md")
+    args = parser.parse_args()
+    table = render()
+    if args.write:
+        README.write_text(replaced(README.read_text(), table))
+    else:
+        print(table, end="")
+
+
+if __name__ == "__main__":
+    main()
