@@ -47,7 +47,7 @@ def audit(source, conditions, keep_cols, after, out, as_json, **values):
             filters.append(KeptIn.of(manifest, open_manifest_from(after, values)))
         stats = audit_manifest(manifest, filters, out, attributes=config.attributes,
                                weight_on=config.weight_on, target=config.target or None,
-                               references=config.reference)
+                               references=config.reference, concepts=config.concepts)
     lines = [f"audited stages {', '.join(stats['stages'])} by {', '.join(stats['attributes'])}: "
              f"{stats['flags']} flag(s)", f"report: {stats['paths']['html']}"]
     if "weights" in stats:

@@ -54,6 +54,10 @@ class AuditConfig:
     reference: tuple[str, ...] = option((), "Reference of removal-rate ratios, ATTRIBUTE=GROUP or ATTRIBUTE=overall "
                                         "(default: male where an attribute has it, overall for 3+ groups).",
                                         example=["caption_gender=male", "occupation=overall"])
+    concepts: tuple[str, ...] = option((), "Concept-conditional views CONCEPT:ATTRIBUTE: within each value of a "
+                                       "concept attribute (a lexicon of activities, settings, regions...), who was "
+                                       "removed by ATTRIBUTE (default: occupation:<gender attribute> when both are "
+                                       "audited).", example=["activity:caption_gender", "occupation:caption_gender"])
 
 
 class AuditStage(Stage):
@@ -84,10 +88,12 @@ class AuditStage(Stage):
             encode_text = load_run_model(run, device=c.device).encode_text
         folder = run.path / STAGE
         run.begin_stage(STAGE, {"attributes": list(c.attributes), "weight_on": list(c.weight_on),
-                                "target": dict(c.target), "reference": list(c.reference)}, role=self.role,
+                                "target": dict(c.target), "reference": list(c.reference),
+                                "concepts": list(c.concepts)}, role=self.role,
                        folder=folder)
         details = audit_run(run, attributes=c.attributes, encode_text=encode_text, weight_on=c.weight_on or None,
-                            target=c.target or None, engine=context.engine, references=c.reference)
+                            target=c.target or None, engine=context.engine, references=c.reference,
+                            concepts=c.concepts)
         run.mark_done(STAGE, 0)
         return context.result(self, started, None, details=details, note=f"{details['flags']} flag(s)",
                               outputs={"report": details["paths"]["html"]})
@@ -144,6 +150,7 @@ def audit_run(
     options: AuditOptions | None = None,
     engine: Engine,
     references: Sequence[str] = (),
+    concepts: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Audit ``run``'s finished filter stages; writes RUN/audit/ and returns the details (flags, paths, weights).
 
@@ -170,7 +177,7 @@ def audit_run(
     if not stages:
         raise ConfigError(f"{run.path}: no finished filter stage to audit (run classify or dedup first)")
     if options is None:
-        options = _default_options(sources, references)
+        options = _default_options(sources, references, concepts)
 
     def shards() -> Iterator[pl.DataFrame]:
         yield from audit_tables(run, sources, class_emb, stages)
@@ -189,20 +196,38 @@ def audit_run(
     return details
 
 
-def _default_options(sources: Sequence[AttributeSource], references: Sequence[str] = ()) -> AuditOptions:
-    """Occupation × gender as the concept-conditional view when both attributes are audited; `references`
-    ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") as AuditOptions.references. Raises ConfigError on a malformed one."""
+def _default_options(sources: Sequence[AttributeSource], references: Sequence[str] = (),
+                     concepts: Sequence[str] = ()) -> AuditOptions:
+    """The audit's options: `concepts` ("CONCEPT:ATTRIBUTE", both audited attribute names) as the
+    concept-conditional views, by default occupation × gender when both are audited; `references`
+    ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") as AuditOptions.references. Raises ConfigError on a malformed
+    entry or a name that is not audited."""
     from sanitize.audit import AuditOptions
 
-    occupation = next((s.info.name for s in sources if s.info.name == "occupation"), None)
-    gender = next((s.info.name for s in sources if "gender" in s.info.name), None)
+    names = [s.info.name for s in sources]
+    occupation = next((n for n in names if n == "occupation"), None)
+    gender = next((n for n in names if "gender" in n), None)
+    views = ((occupation, gender),) if occupation and gender else ()
+    if concepts:
+        views = tuple(_concept_view(item, names) for item in concepts)
     parsed = {}
     for item in references:
         attribute, sep, group = (part.strip() for part in item.partition("="))
         if not sep or not attribute or not group:
             raise ConfigError(f"audit reference {item!r}: expected ATTRIBUTE=GROUP or ATTRIBUTE=overall")
         parsed[attribute] = group
-    return AuditOptions(concepts=((occupation, gender),) if occupation and gender else (), references=parsed)
+    return AuditOptions(concepts=views, references=parsed)
+
+
+def _concept_view(item: str, names: Sequence[str]) -> tuple[str, str]:
+    """("CONCEPT", "ATTRIBUTE") from "CONCEPT:ATTRIBUTE"; ConfigError unless both are audited and differ."""
+    concept, sep, attribute = (part.strip() for part in item.partition(":"))
+    if not sep or not concept or not attribute or concept == attribute:
+        raise ConfigError(f"audit concept {item!r}: expected CONCEPT:ATTRIBUTE, two different audited attributes")
+    for name in (concept, attribute):
+        if name not in names:
+            raise ConfigError(f"audit concept {item!r}: {name!r} is not an audited attribute ({', '.join(names)})")
+    return concept, attribute
 
 
 def in_pipeline_order(run: RunFolder, names: Sequence[str]) -> list[str]:
@@ -326,12 +351,14 @@ class KeptIn:
 
 def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn], out: str | os.PathLike, *,
                    attributes: Sequence[str] = AuditConfig.attributes, weight_on: Sequence[str] | None = None,
-                   target: Mapping[str, float] | None = None, references: Sequence[str] = ()) -> dict[str, Any]:
+                   target: Mapping[str, float] | None = None, references: Sequence[str] = (),
+                   concepts: Sequence[str] = ()) -> dict[str, Any]:
     """Audit filters run outside this tool (LAION's punsafe cut, a vendor's score, a keyword list) on `manifest`:
     each of `filters` is a stage, in the given order; the report, flags and weights are those of `audit_run`,
     written to `out`. Zero-shot attributes need a run's embeddings, so only lexicon and column attributes apply.
-    `references` ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") set the reference of removal-rate ratios. Returns the
-    details (stages, attributes, flags, paths, weights)."""
+    `references` ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") set the reference of removal-rate ratios; `concepts`
+    ("CONCEPT:ATTRIBUTE") the concept-conditional views. Returns the details (stages, attributes, flags, paths,
+    weights)."""
     import polars as pl
 
     from sanitize.audit import run_audit
@@ -358,7 +385,7 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn
             yield table.with_columns(*(f.keep(frame, table["uid"], where).alias(f"keep:{f.name}") for f in filters))
 
     keywords = next((s.spec for s in sources if s.kind == "lexicon" and "gender" in s.info.name), None)
-    options = _default_options(sources, references)
+    options = _default_options(sources, references, concepts)
     result = run_audit(shards, [s.info for s in sources], out, stages=names, options=options, keywords=keywords,
                        weight_on=list(weight_on) if weight_on else None, target=target,
                        title=f"Filter audit of {manifest.spec.path}")

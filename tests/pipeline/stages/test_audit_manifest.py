@@ -101,3 +101,28 @@ def test_before_and_after_manifests(laion, tmp_path):
     pq.write_table(table.set_column(0, "SAMPLE_ID", pa.array(range(10_000, 10_010))), extra / "part-00000.parquet")
     result = invoke("audit", folder, "--after", extra, "--out", tmp_path / "b")
     assert result.exit_code == 1 and "10 rows are not in" in result.stderr and "e.g. 10000" in result.stderr
+
+
+def test_a_users_concept_lexicon_gets_the_concept_view(laion, tmp_path):
+    # Any lexicon the user writes (here: where the photo was taken) is a concept: within each of its values, who a
+    # filter removed by caption gender, with the same small-cell suppression as occupation × gender.
+    lexicon = tmp_path / "setting.toml"
+    lexicon.write_text('name = "setting"\ndescription = "Where the photo is."\n\n[classes]\n'
+                       'street = ["street", "streets"]\nbeach = ["beach"]\n')
+    result = invoke("audit", laion[0], "--filter", "punsafe < 0.1", "--attribute", "caption_gender",
+                    "--attribute", f"lexicon:{lexicon}", "--concepts", "setting:caption_gender", "--out",
+                    tmp_path / "a", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    concepts = [e for e in report["entries"] if e["kind"] == "concept"]
+    assert {e["concept"]["attribute"] for e in concepts} == {"setting"}
+    street = next(e for e in concepts if e["concept"]["value"] == "street")
+    groups = {g["group"]: g for g in street["groups"]}
+    assert groups["female"]["removal_rate"] > groups["male"]["removal_rate"]  # planted: women's punsafe is higher
+    assert report["meta"]["options"]["concepts"] == [["setting", "caption_gender"]]
+    for bad, words in (("setting", "expected CONCEPT:ATTRIBUTE"), ("region:caption_gender", "'region' is not an "
+                                                                    "audited attribute")):
+        failed = invoke("audit", laion[0], "--filter", "punsafe < 0.1", "--attribute", "caption_gender",
+                        "--attribute", f"lexicon:{lexicon}", "--concepts", bad, "--out", tmp_path / "b")
+        assert failed.exit_code == 2 and words in failed.stderr, failed.output
+        assert len(failed.stderr.strip().splitlines()) == 1
