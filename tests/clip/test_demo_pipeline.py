@@ -171,3 +171,44 @@ def test_the_audit_flags_the_planted_over_removal_and_not_a_null_filter(demo_run
         assert result.exit_code == 0, result.output
         flagged += bool(_gender_flags(json.loads((tmp_path / f"audit{trial}" / "report.json").read_text())))
     assert flagged <= 2, flagged
+
+
+def test_an_external_filter_is_audited_by_zero_shot_attributes_from_embeddings(demo_run, tmp_path):
+    # The sexual classifier's decisions, given as a keep column of the demo's manifest ("a filter run elsewhere"),
+    # audited by perceived gender read zero-shot from embeddings of the same rows: the counts equal those of the
+    # run's own audit. Once with the run folder (its model is recorded; shards line up with the manifest's), once
+    # with its clip-retrieval folder, --model, and the manifest in one file (rows joined by uid across shards).
+    from sanitize.clip.models import packaged_weights
+
+    out, _ = demo_run
+    decided = pl.concat([pl.from_arrow(t) for _, t in RunFolder.open(out / "run").read_stage(
+        "sexual", columns=["uid", "keep"])])
+    manifest = pl.read_parquet(out / "sample" / "shards" / "*.parquet", columns=["uid", "caption"])
+    manifest = manifest.join(decided.rename({"keep": "kept_by_vendor"}), on="uid", how="left")
+    report = json.loads((out / "run" / "audit" / "report.json").read_text())
+    own = next(e for e in report["entries"] if e["id"] == "attribute:perceived_gender:stage:sexual")
+    expected = {g["group"]: (g["before"], g["removed"]) for g in own["groups"] if not g.get("suppressed")}
+
+    one_file = tmp_path / "manifest.parquet"
+    manifest.write_parquet(one_file)
+    two_shards = tmp_path / "shards"
+    two_shards.mkdir()
+    sizes = [pl.read_parquet(p).height for p in sorted((out / "sample" / "shards").glob("*.parquet"))]
+    manifest.slice(0, sizes[0]).write_parquet(two_shards / "00000.parquet")
+    manifest.slice(sizes[0]).write_parquet(two_shards / "00001.parquet")
+    cases = {"run": (two_shards, ["--embeddings", out / "run"]),
+             "folder": (one_file, ["--embeddings", out / "run" / "embeddings", "--model", "sanitize-demo-clip",
+                                   "--pretrained", packaged_weights()])}
+    for name, (source, extra) in cases.items():
+        result = CliRunner().invoke(cli, [str(a) for a in ["audit", source, "--keep-col", "kept_by_vendor",
+                                                           "--attribute", "perceived_gender", *extra, "--out",
+                                                           tmp_path / name, "--json"]])
+        assert result.exit_code == 0, (name, result.output)
+        mine = json.loads((tmp_path / name / "report.json").read_text())
+        entry = next(e for e in mine["entries"] if e["id"] == "attribute:perceived_gender:stage:kept_by_vendor")
+        got = {g["group"]: (g["before"], g["removed"]) for g in entry["groups"] if not g.get("suppressed")}
+        assert got == expected, (name, got, expected)
+    missing = CliRunner().invoke(cli, [str(a) for a in ["audit", one_file, "--keep-col", "kept_by_vendor",
+                                                        "--attribute", "perceived_gender", "--embeddings",
+                                                        out / "run" / "embeddings", "--out", tmp_path / "x"]])
+    assert missing.exit_code == 2 and "name the model that made them with --model" in missing.stderr

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -352,10 +352,12 @@ class KeptIn:
 def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn], out: str | os.PathLike, *,
                    attributes: Sequence[str] = AuditConfig.attributes, weight_on: Sequence[str] | None = None,
                    target: Mapping[str, float] | None = None, references: Sequence[str] = (),
-                   concepts: Sequence[str] = ()) -> dict[str, Any]:
+                   concepts: Sequence[str] = (), embeddings: EmbeddingSource | None = None,
+                   encode_text: Callable[[list[str]], np.ndarray] | None = None) -> dict[str, Any]:
     """Audit filters run outside this tool (LAION's punsafe cut, a vendor's score, a keyword list) on `manifest`:
     each of `filters` is a stage, in the given order; the report, flags and weights are those of `audit_run`,
-    written to `out`. Zero-shot attributes need a run's embeddings, so only lexicon and column attributes apply.
+    written to `out`. Zero-shot attributes need `embeddings` of the same rows (joined by uid; a row without one is
+    unknown) and `encode_text`, the text tower of the model that made them (see `ZeroShotLabels`).
     `references` ("ATTRIBUTE=GROUP" or "ATTRIBUTE=overall") set the reference of removal-rate ratios; `concepts`
     ("CONCEPT:ATTRIBUTE") the concept-conditional views. Returns the details (stages, attributes, flags, paths,
     weights)."""
@@ -370,15 +372,19 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn
     if len(set(names)) != len(names):
         raise ConfigError(f"filters repeat: {', '.join(names)}")
     sources = [resolve_attribute(a) for a in attributes]
-    zero_shot = [s.info.name for s in sources if s.kind == "zero-shot"]
-    if zero_shot:
-        raise ConfigError(f"attribute {zero_shot[0]!r} is zero-shot and needs a run folder's embeddings; audit a "
-                          "manifest by lexicon or column attributes")
+    zero_shot = [s for s in sources if s.kind == "zero-shot"]
+    if zero_shot and (embeddings is None or encode_text is None):
+        raise ConfigError(f"attribute {zero_shot[0].info.name!r} is zero-shot: give --embeddings (a run folder, or "
+                          "a clip-retrieval folder with --model) of the manifest's rows")
+    labels = ZeroShotLabels(embeddings, zero_shot, encode_text, len(manifest.files)) if zero_shot else None
+    plain = [s for s in sources if s.kind != "zero-shot"]
 
     def shards() -> Iterator[pl.DataFrame]:
         for index in range(len(manifest.files)):
             raw = manifest.read_raw_shard(index)
-            table = attribute_table(manifest, None, sources, {}, index, raw=raw)
+            table = attribute_table(manifest, None, plain, {}, index, raw=raw)
+            if labels is not None:
+                table = labels.add_to(table, index).select("uid", "caption", *[s.info.name for s in sources])
             # A NaN score is a missing score: the filter did not decide that row (like a null).
             frame = pl.from_arrow(raw).with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None))
             where = str(manifest.files[index])
@@ -410,6 +416,58 @@ def count_audit_shard(run_path: str | os.PathLike, sources: Sequence[AttributeSo
     embeddings = open_embeddings(run.path) if class_emb else None
     table = audit_shard(run, run.manifest(), embeddings, sources, class_emb, stages, index)
     return count_shard(table, [s.info for s in sources], stages, keywords=keywords, source=f"shard {index}")
+
+
+class ZeroShotLabels:
+    """Zero-shot attribute labels of a manifest's rows from embeddings of the same rows, joined by uid.
+
+    When the embeddings have one shard per manifest shard (what `sanitize embed` writes), shard i is labelled when
+    manifest shard i is read: memory of one shard. Otherwise every row's labels are computed once, up front, and
+    held as (uid, label per attribute): about 50 bytes per row on the driver, stated in the README.
+    """
+
+    def __init__(self, embeddings: EmbeddingSource, sources: Sequence[AttributeSource],
+                 encode_text: Callable[[list[str]], np.ndarray], n_manifest_shards: int) -> None:
+        from sanitize.audit import class_embeddings
+
+        self.embeddings = embeddings
+        self.sources = list(sources)
+        self.class_emb = {s.info.name: class_embeddings(s.spec, encode_text) for s in self.sources}
+        self.aligned = embeddings.n_shards == n_manifest_shards
+        self._all = None if self.aligned else self._labels(range(embeddings.n_shards))
+
+    def _labels(self, shards: Iterable[int]) -> pl.DataFrame:
+        """uid and one label column per attribute for the embedding shards `shards`."""
+        import polars as pl
+
+        from sanitize.audit import zero_shot_attribute
+
+        frames = []
+        for index in shards:
+            shard = self.embeddings.read_shard(index)
+            x = np.asarray(shard.img_emb, np.float32)
+            width = next(iter(self.class_emb.values())).shape[1]
+            if x.shape[1] != width:
+                raise DataError(f"{self.embeddings.path}: {x.shape[1]}-d embeddings, but the model's text tower gives "
+                                f"{width}-d: the embeddings were made by another model")
+            frames.append(pl.DataFrame({"uid": [str(u) for u in shard.uids], **{
+                s.info.name: list(zero_shot_attribute(x, self.class_emb[s.info.name], s.spec).labels)
+                for s in self.sources}}, schema={"uid": pl.String, **{s.info.name: pl.String for s in self.sources}}))
+        return pl.concat(frames) if frames else pl.DataFrame(
+            schema={"uid": pl.String, **{s.info.name: pl.String for s in self.sources}})
+
+    def add_to(self, table: pl.DataFrame, index: int) -> pl.DataFrame:
+        """`table` (manifest shard `index`, with uid) with one column per zero-shot attribute; rows without an
+        embedding are unknown."""
+        import polars as pl
+
+        from sanitize.audit.specs import UNKNOWN
+
+        known = self._labels([index]) if self.aligned and index < self.embeddings.n_shards else self._all
+        if known is None:
+            known = self._labels([])
+        joined = table.join(known, on="uid", how="left", maintain_order="left")
+        return joined.with_columns(pl.col(s.info.name).fill_null(UNKNOWN) for s in self.sources)
 
 
 def _zero_shot_labels(uids: pl.Series, embeddings, index: int, spec: AttributeSpec, class_emb: np.ndarray
