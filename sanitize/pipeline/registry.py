@@ -17,8 +17,10 @@ from sanitize.pipeline.stages.decontaminate import DecontaminateStage
 from sanitize.pipeline.stages.dedup import DedupStage
 from sanitize.pipeline.stages.embed import EmbedStage
 from sanitize.pipeline.stages.export import ExportStage
+from sanitize.pipeline.stages.hashlist import HashlistStage
 
 STAGES: tuple[type[Stage], ...] = (
+    HashlistStage,  # first: a known-bad image is removed before any other stage reads it
     EmbedStage,
     CaptionLengthStage,
     AlignStage,

@@ -29,10 +29,13 @@ def evaluation_set(world, folder):
 
 
 def test_ray_engine_run_equals_local_run(world, tmp_path):
-    # Every registered stage, the opt-in ones too (align by the top fraction: its exact cut is engine-free).
+    # Every registered stage, the opt-in ones too (align by the top fraction: its exact cut is engine-free;
+    # hashlist with a list that matches nothing).
     against = json.dumps([str(evaluation_set(world, tmp_path / "evalset"))])
+    hashes = tmp_path / "known_md5.txt"
+    hashes.write_text("0" * 32 + "\n")  # an md5 list that matches nothing: the copied run's embeddings stay valid
     every = ["--set", f"run.stages={json.dumps(list(stage_names()))}", "--set", 'align.by="fraction"',
-             "--set", f"decontaminate.against={against}"]
+             "--set", f"decontaminate.against={against}", "--set", f"hashlist.lists={json.dumps([str(hashes)])}"]
     local = world.embedded_copy(tmp_path / "local")
     result = CliRunner().invoke(cli, [str(a) for a in world.args(local, *every)])
     assert result.exit_code == 0, result.output

@@ -3,6 +3,8 @@
 For shard i it writes ``embeddings/{img_emb,text_emb,metadata}/*_{i:05d}.*`` (only rows whose image embedded)
 and ``stages/embed/{i:05d}.parquet`` (every row: uid, keep, reason, status, error), then the marker. A rerun
 skips shards with a marker, so a run killed at any point resumes and ends byte-identical to an uninterrupted one.
+When the run folder holds results of the hashlist stage, the rows it removed are skipped: never read, embedded or
+listed here (and a change in which rows it removed re-embeds the run).
 """
 
 from __future__ import annotations
@@ -86,14 +88,19 @@ class EmbedStage(Stage):
         progress = context.progress
         bar = (lambda n: progress(self.name, n)) if progress else None
         manifest.check_unique_uids()
-        run.begin_stage(STAGE, embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels),
+        from sanitize.pipeline.stages.hashlist import screening_digest
+
+        screened = screening_digest(run, len(manifest.files))
+        config = embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels)
+        run.begin_stage(STAGE, {**config, "screened": screened} if screened else config,
                         role=self.role, clear=(run.stage_dir(STAGE), run.embeddings_dir))
         todo = run.todo(STAGE, len(manifest.files))
         if bar is not None:  # finished shards count as progress
             for index in sorted(set(range(len(manifest.files))) - set(todo)):
                 bar(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
         worker = EmbedShardWorker(manifest, run.path, model_config(self.model), batch_size=c.batch_size,
-                                  num_workers=c.workers, max_pixels=c.max_pixels, model=self.model, progress=bar)
+                                  num_workers=c.workers, max_pixels=c.max_pixels, model=self.model, progress=bar,
+                                  screened=screened is not None)
         context.engine.map_shards(worker, todo, progress=(lambda n: bar(n) if n else None) if bar else None)
         return context.result(self, started, stored_counts(run, STAGE))
 
@@ -110,21 +117,28 @@ def model_config(model: ClipModel) -> dict[str, Any]:
 
 
 def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipModel, *, batch_size: int,
-                    num_workers: int, max_pixels: int, progress: Callable[[int], Any] | None = None) -> int:
+                    num_workers: int, max_pixels: int, progress: Callable[[int], Any] | None = None,
+                    screened: bool = False) -> int:
     """Embed shard ``index`` of ``manifest`` into ``run``: embedding files, the stage sidecar, then the marker.
 
-    The one function both engines call per shard. Returns the shard's number of rows.
+    The one function both engines call per shard. Returns the shard's number of rows. With `screened`, the rows
+    the hashlist stage removed are left out before any image is read (and counted as done for `progress`).
     """
     from sanitize.clip.embed import OK, embed_shard
 
     shard = manifest.read_shard(index)
+    rows = shard.table.num_rows
+    if screened:
+        shard.table = _without_screened(shard.table, run, index)
+        if progress is not None and rows - shard.table.num_rows:
+            progress(rows - shard.table.num_rows)
     result = embed_shard(shard.table, model, image_root=manifest.image_root, tar_path=shard.tar_path,
                          batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,
                          progress=progress)
     meta = shard.table.take(pa.array(result.ok_rows)).select(["uid", "caption", "url", "image", "key",
                                                                "shard", "row"])
     write_embedding_shard(run.embeddings_dir, index, result.img_emb, result.text_emb, meta)
-    ok = pa.array([s == OK for s in result.status])
+    ok = pa.array([s == OK for s in result.status], pa.bool_())  # typed: a shard the hashlist emptied has no rows
     reasons = [None if s == OK else f"embed:{s}" for s in result.status]
     statuses = Counter(result.status)
     counts = ShardStats(rows_in=len(result.status), kept=statuses.pop(OK, 0), dropped=dict(statuses))
@@ -132,7 +146,19 @@ def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipM
         "uid": shard.table["uid"], "keep": ok, "reason": pa.array(reasons, pa.string()),
         "status": pa.array(result.status, pa.string()), "error": pa.array(result.error, pa.string()),
     }), counts.to_dict())
-    return shard.table.num_rows
+    return rows
+
+
+def _without_screened(table: pa.Table, run: RunFolder, index: int) -> pa.Table:
+    """`table` less the rows the hashlist stage removed from manifest shard `index`."""
+    import pyarrow.compute as pc
+
+    from sanitize.pipeline.stages.hashlist import removed_uids
+
+    removed = removed_uids(run, index)
+    if not removed:
+        return table
+    return table.filter(pc.invert(pc.is_in(table["uid"], value_set=pa.array(sorted(removed), pa.string()))))
 
 
 class EmbedShardWorker:
@@ -148,7 +174,7 @@ class EmbedShardWorker:
 
     def __init__(self, manifest: Manifest, run_path: str | os.PathLike, model_config: dict[str, Any], *,
                  batch_size: int, num_workers: int, max_pixels: int, model: ClipModel | None = None,
-                 progress: Callable[[int], Any] | None = None) -> None:
+                 progress: Callable[[int], Any] | None = None, screened: bool = False) -> None:
         self.manifest = manifest
         self.run_path = Path(run_path)
         self.model_config = model_config
@@ -157,6 +183,7 @@ class EmbedShardWorker:
         self.max_pixels = max_pixels
         self.model = model
         self.progress = progress
+        self.screened = screened
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "model": None, "progress": None}
@@ -172,7 +199,7 @@ class EmbedShardWorker:
         self.setup()
         rows = embed_one_shard(self.manifest, RunFolder(self.run_path), index, self.model,
                                batch_size=self.batch_size, num_workers=self.num_workers,
-                               max_pixels=self.max_pixels, progress=self.progress)
+                               max_pixels=self.max_pixels, progress=self.progress, screened=self.screened)
         return 0 if self.progress is not None else rows
 
 
