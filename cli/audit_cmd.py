@@ -58,6 +58,8 @@ def audit(source, conditions, keep_cols, after, out, embeddings_path, clip_model
                                encode_text=encode_text)
     lines = [f"audited stages {', '.join(stats['stages'])} by {', '.join(stats['attributes'])}: "
              f"{stats['flags']} flag(s)", f"report: {stats['paths']['html']}"]
+    lines += [f"{stage}: {n} rows undecided (a null keep value or a null/NaN score): not evaluated by it"
+              for stage, n in stats.get("undecided", {}).items() if n]
     if "weights" in stats:
         lines.append(f"weights: {stats['paths']['weights']} (Kish effective sample size "
                      f"{stats['weights']['kish_ess']:.0f})")

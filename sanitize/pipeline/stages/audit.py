@@ -334,6 +334,7 @@ class KeptIn:
     def of(cls, before: Manifest, after: Manifest) -> KeptIn:
         """The filter that turned `before` into `after`, read with the same options. DataError naming some uids
         when `after` holds rows that `before` does not."""
+        after.check_unique_uids()  # a uid twice in 'after' would make the kept count a guess
         kept = frozenset(uid for shard in after.shards() for uid in shard.table["uid"].to_pylist())
         extra = kept - frozenset(uid for shard in before.shards() for uid in shard.table["uid"].to_pylist())
         if extra:
@@ -371,6 +372,7 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn
     names = [f.name for f in filters]
     if len(set(names)) != len(names):
         raise ConfigError(f"filters repeat: {', '.join(names)}")
+    manifest.check_unique_uids()  # rows are joined by uid (with 'after', embeddings): each must be one row
     sources = [resolve_attribute(a) for a in attributes]
     zero_shot = [s for s in sources if s.kind == "zero-shot"]
     if zero_shot and (embeddings is None or encode_text is None):
@@ -395,8 +397,11 @@ def audit_manifest(manifest: Manifest, filters: Sequence[ExternalFilter | KeptIn
     result = run_audit(shards, [s.info for s in sources], out, stages=names, options=options, keywords=keywords,
                        weight_on=list(weight_on) if weight_on else None, target=target,
                        title=f"Filter audit of {manifest.spec.path}")
+    rows = result.report["meta"]["rows"]
     details = {"stages": names, "attributes": [s.info.name for s in sources],
-               "flags": len(result.report.get("flags", [])), "paths": {k: str(v) for k, v in result.paths.items()}}
+               "flags": len(result.report.get("flags", [])), "paths": {k: str(v) for k, v in result.paths.items()},
+               # rows a filter left undecided (a null keep value, a null or NaN score): not evaluated by it
+               "undecided": {st["stage"]: rows - st["evaluated"] for st in result.report["stages"]}}
     if result.plan is not None:
         details["weights"] = {"on": list(weight_on), "kish_ess": result.plan.ess}
     return details

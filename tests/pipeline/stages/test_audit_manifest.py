@@ -190,3 +190,22 @@ def test_external_filter_planted_twofold_removal_is_flagged_and_a_null_one_is_no
     planted = sum(_replicate(tmp_path, seed, 0.20, 0.10) for seed in range(40))
     null = sum(_replicate(tmp_path, 100 + seed, 0.15, 0.15) for seed in range(40))
     assert planted >= 38 and null <= 2, (planted, null)
+
+
+def test_undecided_rows_are_counted_and_duplicate_uids_refused(laion, tmp_path):
+    folder, _, punsafe = laion
+    result = invoke("audit", folder, "--filter", "punsafe < 0.1", "--out", tmp_path / "a", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["undecided"] == {"punsafe < 0.1": int(np.isnan(punsafe).sum())}  # 60 NaNs
+    text = invoke("audit", folder, "--filter", "punsafe < 0.1", "--out", tmp_path / "b")
+    assert f"punsafe < 0.1: {int(np.isnan(punsafe).sum())} rows undecided" in text.output
+    # The same uid twice, in the manifest or in an 'after' manifest: one line naming it, exit 1.
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    table = pq.read_table(folder / "part-00000.parquet").slice(0, 20)
+    pq.write_table(table, twice / "part-00000.parquet")
+    pq.write_table(table.slice(0, 5), twice / "part-00001.parquet")
+    for args in (["audit", twice, "--filter", "punsafe < 0.1"], ["audit", folder, "--after", twice]):
+        failed = invoke(*args, "--out", tmp_path / "c")
+        assert failed.exit_code == 1 and "duplicate uid" in failed.stderr, failed.output
+        assert len(failed.stderr.strip().splitlines()) == 1
