@@ -61,7 +61,7 @@ def test_punsafe_cuts_are_audited_side_by_side(laion, tmp_path):
     (["--keep-col", "TEXT"], 1, "--keep-col column 'TEXT' is String, not boolean"),
     (["--keep-col", "missing"], 1, "--keep-col column 'missing' not found"),
     ([], 2, "nothing to audit: give --filter CONDITION, --keep-col COLUMN or --after MANIFEST"),
-    (["--filter", "punsafe < 0.1", "--attribute", "perceived_gender"], 2, "is zero-shot and needs a run folder"),
+    (["--filter", "punsafe < 0.1", "--attribute", "perceived_gender"], 2, "is zero-shot: give --embeddings"),
 ])
 def test_bad_filters_are_one_line_errors(laion, tmp_path, args, code, message):
     result = invoke("audit", laion[0], *args, "--out", tmp_path / "a")
