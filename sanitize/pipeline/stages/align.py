@@ -9,7 +9,9 @@ score in one place; rows tied with the cut are all kept.
 Per embedding shard it writes ``RUN/stages/align/scores/NNNNN.parquet`` (uid, float32 score), then
 ``RUN/stages/align/NNNNN.parquet`` (uid, keep, reason ``align:0.213<0.280``, score) and the shard's marker. Opt-in:
 add ``align`` to ``run.stages``. It needs caption embeddings (the embed stage writes them); a run without them is
-refused with one line.
+refused with one line. A row whose caption is missing or blank has no text to agree with (its caption embedding is
+the empty string's): it is not scored (score NaN), it is removed with reason ``align:no_caption``, counted apart
+(``dropped.no_caption``), and the top fraction is taken over the rows that have a caption.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class AlignStage(Stage):
         high = add_counts(context.engine.map_tasks(score_shard, indices, (str(run.path),)))
         rows = int(high.sum())
         if rows == 0:
-            raise DataError(f"{run.path}: no embedded rows to align")
+            raise DataError(f"{run.path}: no embedded rows with a caption to align")
         key = (int(sortable_keys(np.array([c.threshold], np.float32))[0]) if c.by == "threshold"
                else cut_key(context, run, indices, high, math.ceil(c.fraction * rows)))
         todo = run.todo(STAGE, len(indices))
@@ -97,12 +99,17 @@ def cut_key(context: StageContext, run: RunFolder, indices: list[int], high: np.
 
 
 def clip_scores(shard) -> np.ndarray:
-    """float32 cosine of each row's image and caption embeddings (both stored L2-normalised)."""
+    """float32 cosine of each row's image and caption embeddings (both stored L2-normalised); NaN for a row whose
+    caption (in the shard's metadata) is missing or blank."""
     if shard.text_emb is None:
         raise ConfigError(f"{shard.source}: no caption embeddings (text_emb); the align stage needs them")
     img = np.asarray(shard.img_emb, dtype=np.float32)
     txt = np.asarray(shard.text_emb, dtype=np.float32)
-    return np.einsum("ij,ij->i", img, txt).astype(np.float32)
+    scores = np.einsum("ij,ij->i", img, txt).astype(np.float32)
+    if shard.metadata is not None and "caption" in shard.metadata.column_names:
+        captions = shard.metadata["caption"].to_pylist()
+        scores[[not (c and str(c).strip()) for c in captions]] = np.nan
+    return scores
 
 
 def scores_path(run_path: str | os.PathLike, index: int) -> Path:
@@ -125,19 +132,23 @@ def score_shard(run_path: str, index: int) -> Counts:
         scores = clip_scores(shard)
         atomic.write_parquet(path, pa.table({"uid": pa.array(shard.uids.tolist(), pa.string()),
                                              "score": pa.array(scores, pa.float32())}))
-    return high_counts(scores)
+    return high_counts(scores[~np.isnan(scores)])
 
 
 def low_shard_counts(run_path: str, bin_: int, index: int) -> Counts:
     """Pass 2 for shard `index`: `low_counts` of its scores in bin `bin_`."""
-    return low_counts(read_scores(run_path, index)[1], bin_)
+    scores = read_scores(run_path, index)[1]
+    return low_counts(scores[~np.isnan(scores)], bin_)
 
 
 def decision_table(uids: np.ndarray, scores: np.ndarray, key: int) -> pa.Table:
-    """uid, keep (score at or above the cut, compared as exact keys), reason for dropped rows, score."""
-    keep = sortable_keys(scores) >= np.uint32(key)
+    """uid, keep (score at or above the cut, compared as exact keys; a row without a caption, score NaN, is not
+    kept), reason for dropped rows, score."""
+    captioned = ~np.isnan(scores)
+    keep = captioned & (sortable_keys(np.where(captioned, scores, 0)) >= np.uint32(key))
     cut = value_of_key(key)
-    reasons = [None if k else f"align:{s:.3f}<{cut:.3f}" for s, k in zip(scores.tolist(), keep.tolist(), strict=True)]
+    reasons = [None if k else (f"align:{s:.3f}<{cut:.3f}" if c else "align:no_caption")
+               for s, k, c in zip(scores.tolist(), keep.tolist(), captioned.tolist(), strict=True)]
     return pa.table({"uid": pa.array(np.asarray(uids).tolist(), pa.string()), "keep": pa.array(keep),
                      "reason": pa.array(reasons, pa.string()), "score": pa.array(scores, pa.float32())})
 
@@ -158,6 +169,8 @@ class AlignShardWorker:
         uids, scores = read_scores(self.run.path, index)
         table = decision_table(uids, scores, self.key)
         kept = int(np.count_nonzero(table["keep"].to_numpy(zero_copy_only=False)))
-        counts = ShardStats(rows_in=len(uids), kept=kept, dropped={"misaligned": len(uids) - kept})
+        no_caption = int(np.count_nonzero(np.isnan(scores)))
+        dropped = {"misaligned": len(uids) - kept - no_caption, **({"no_caption": no_caption} if no_caption else {})}
+        counts = ShardStats(rows_in=len(uids), kept=kept, dropped=dropped)
         self.run.write_shard(STAGE, index, table, counts.to_dict())
         return len(uids)

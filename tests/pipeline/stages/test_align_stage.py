@@ -23,7 +23,7 @@ def unit(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_run(tmp_path, *, text=True):
+def make_run(tmp_path, *, text=True, captions=None):
     """200 rows whose caption embedding is the image embedding turned by a known angle: score = cos(angle)."""
     rng = np.random.default_rng(0)
     n, d = 200, 16
@@ -40,8 +40,8 @@ def make_run(tmp_path, *, text=True):
         pq.write_table(pa.table({"uid": uids[lo:hi], "caption": ["c"] * (hi - lo)}), folder / f"{s:05d}.parquet")
     run = RunFolder.create(tmp_path / "run", open_manifest(folder))
     for s, (lo, hi) in enumerate(SHARDS):
-        write_embedding_shard(run.embeddings_dir, s, img[lo:hi], txt[lo:hi] if text else None,
-                              pa.table({"uid": uids[lo:hi]}))
+        meta = {"uid": uids[lo:hi], **({"caption": captions[lo:hi]} if captions is not None else {})}
+        write_embedding_shard(run.embeddings_dir, s, img[lo:hi], txt[lo:hi] if text else None, pa.table(meta))
     truth = np.sum(img.astype(np.float16).astype(np.float32) * txt.astype(np.float16).astype(np.float32), axis=1)
     return run, dict(zip(uids, truth.tolist(), strict=True))
 
@@ -89,3 +89,20 @@ def test_resume_and_refusals(tmp_path):
     no_text, _ = make_run(tmp_path / "nt", text=False)
     with pytest.raises(ConfigError, match="no caption embeddings .* the align stage needs them"):
         run_stage(AlignStage(), no_text)
+
+
+def test_rows_without_a_caption_are_removed_apart_and_left_out_of_the_fraction(tmp_path):
+    # A missing or blank caption has no text to agree with: not scored, removed as align:no_caption, counted
+    # apart, and the top fraction is taken over the 197 rows that have a caption.
+    captions = ["a caption"] * 200
+    captions[3], captions[80], captions[199] = None, "   ", ""
+    run, truth = make_run(tmp_path, captions=captions)
+    stats = run_stage(AlignStage(AlignConfig(by="fraction", fraction=0.5)), run).to_dict()
+    rows = {r["uid"]: r for r in decisions(run)}
+    for uid in ("r003", "r080", "r199"):
+        assert not rows[uid]["keep"] and rows[uid]["reason"] == "align:no_caption" and math.isnan(rows[uid]["score"])
+    assert stats["dropped"]["no_caption"] == 3
+    assert stats["kept"] == math.ceil(0.5 * 197)
+    captioned = sorted((v for k, v in truth.items() if k not in ("r003", "r080", "r199")), reverse=True)
+    assert min(r["score"] for r in rows.values() if r["keep"]) == pytest.approx(captioned[math.ceil(0.5 * 197) - 1],
+                                                                                abs=1e-6)
