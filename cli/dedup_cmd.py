@@ -10,7 +10,7 @@ from sanitize.errors import ConfigError
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import click_options, from_cli
 from sanitize.pipeline.stage import run_stage
-from sanitize.pipeline.stages.dedup import DedupConfig, DedupStage, dedup_folder, dedup_since_folder
+from sanitize.pipeline.stages.dedup import DedupConfig, DedupStage, dedup_folder
 from sanitize_cli.main import emit
 from sanitize_cli.options import json_option, seed_option
 
@@ -21,21 +21,17 @@ from sanitize_cli.options import json_option, seed_option
 @click_options("dedup", DedupConfig)
 @click.option("--embedding-col", help="Embedding column of a parquet SOURCE.")
 @click.option("--id-col", help="Id column of a parquet SOURCE.")
-@click.option("--keep-index", is_flag=True,
-              help="Keep the clusterings in OUT/index (about one more copy of the embeddings) for a later --since.")
-@click.option("--since", type=click.Path(exists=True, file_okay=False),
-              help="Deduplicate SOURCE as a new batch against an earlier `--keep-index` output (its OUT or OUT/index):"
-                   " only the new rows are searched and decided, in the earlier clusterings.")
 @click.option("--against", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Decontaminate instead: drop rows of SOURCE that repeat an item of this reference set (an "
                    "evaluation set's clip-retrieval or run folder, same model); exhaustive search. Repeatable.")
 @seed_option
 @json_option
-def dedup(source, out, embedding_col, id_col, keep_index, since, against, seed, as_json, **values):
+def dedup(source, out, embedding_col, id_col, against, seed, as_json, **values):
     """SOURCE is a run folder, a clip-retrieval folder, parquet with an embedding column, or a .npy file."""
     config = from_cli("dedup", DedupConfig, values)
     if against:
-        _decontaminate(source, out, against, config.threshold, embedding_col, id_col, as_json, keep_index or since)
+        _decontaminate(source, out, against, config.threshold, embedding_col, id_col, as_json,
+                       config.keep_index or config.since)
         return
 
     def progress(phase: str, done: int, total: int) -> None:
@@ -43,20 +39,14 @@ def dedup(source, out, embedding_col, id_col, keep_index, since, against, seed, 
             click.echo(f"  {phase} {done}/{total}", err=True)
 
     if Path(source, "run.json").is_file():
-        if keep_index or since:
-            raise ConfigError("--keep-index and --since are for a SOURCE that is not a run folder (use --out)")
         stats = run_stage(DedupStage(config, progress=progress), RunFolder.open(source), seed=seed).to_dict()
     elif out is None:
         raise ConfigError("--out is needed when SOURCE is not a run folder")
-    elif since:
-        if keep_index:
-            raise ConfigError("--keep-index with --since is not supported: the index covers the earlier run only")
-        stats = dedup_since_folder(source, out, config, since, seed=seed, embedding_col=embedding_col, id_col=id_col)
     else:
         stats = dedup_folder(source, out, config, seed=seed, embedding_col=embedding_col, id_col=id_col,
-                             progress=progress, keep_index=keep_index)
+                             progress=progress)
     removed = stats["dropped"].get("duplicate", 0)
-    if since:
+    if config.since:
         lines = [f"{stats['rows_in']} new rows against {stats['index_rows']} earlier ones: {stats['pairs']} pairs "
                  f"({stats['pairs_with_earlier_rows']} with an earlier row), removed {removed} in "
                  f"{stats['seconds']:.1f} s"]

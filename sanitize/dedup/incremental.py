@@ -104,14 +104,16 @@ class DedupIndex:
 
     @classmethod
     def open(cls, path: str | Path) -> DedupIndex:
-        """The index in `path` (a folder holding index.json, or an output folder with an `index/` folder in it).
-        Raises DataError naming the folder when there is none or it is of another layout."""
+        """The index in `path`: a folder holding index.json, an output folder with an `index/` folder in it, or a
+        run folder whose dedup stage kept one (`stages/dedup/index/`). Raises DataError naming the folder when
+        there is none or it is of another layout."""
         path = Path(path)
-        if not (path / INDEX_FILE).is_file() and (path / "index" / INDEX_FILE).is_file():
-            path = path / "index"
+        for inside in (Path("index"), Path("stages", "dedup", "index")):
+            if not (path / INDEX_FILE).is_file() and (path / inside / INDEX_FILE).is_file():
+                path = path / inside
         if not (path / INDEX_FILE).is_file():
             raise DataError(f"{path}: no dedup index here (index.json); make one with `sanitize dedup ... "
-                            "--keep-index`")
+                            "--keep-index` (or dedup.keep_index = true in a run)")
         try:
             meta = json.loads((path / INDEX_FILE).read_text())
             if meta.get("layout") != INDEX_LAYOUT:

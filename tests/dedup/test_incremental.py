@@ -126,7 +126,7 @@ def test_cli_since_refuses_bad_input_in_one_line(data, tmp_path):
         (("dedup", tmp_path / "old.npy", "--out", tmp_path / "x2", "--since", tmp_path / "plain"), 1,
          "no dedup index"),
         (("dedup", tmp_path / "old.npy", "--out", tmp_path / "x3", "--since", tmp_path / "o1", "--keep-index"), 2,
-         "--keep-index with --since"),
+         "keep_index with since"),
     ]
     for args, code, words in cases:
         result = _cli(*args)

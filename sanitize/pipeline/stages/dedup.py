@@ -45,6 +45,7 @@ from sanitize.pipeline.options import option, section_dict
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
 
 if TYPE_CHECKING:  # FAISS, SciPy, polars and pyarrow.compute load when the stage runs, not when its config is read
+    from sanitize.dedup.incremental import DedupIndex, IncrementalResult
     from sanitize.dedup.sharded import ShardedDedupResult
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class DedupConfig:
     require_normalized: bool = option(False, "Refuse rows that are not L2-normalised.")
     recall_sample: int = option(DEFAULT_RECALL_SAMPLE,
                                 "Rows searched exhaustively to estimate pair recall (0: skip).", low=0)
+    keep_index: bool = option(False, "Keep the clusterings (about one more copy of the embeddings) in "
+                                     "stages/dedup/index (OUT/index) for a later incremental dedup (since).")
+    since: str | None = option(None, "Deduplicate these rows as a new batch against an earlier dedup kept with "
+                                     "keep_index (its run folder or output folder): only new rows are searched and "
+                                     "decided, in the earlier clusterings.", example="earlier-run/")
 
 
 class DedupStage(Stage):
@@ -102,38 +108,41 @@ class DedupStage(Stage):
             details = json.loads(result_file.read_text())
         else:
             source = SourceShards(embeddings, self.config, run_path=str(run.path))
-            details, result = deduplicate(source, self.config, seed=context.seed, workdir=folder / "work",
-                                          engine=context.engine, progress=self.progress, where=str(run.path))
-            node_uids = _node_uids(source, result)
-            atomic.write_parquet(folder / "pairs.parquet", pair_table(result, node_uids))
+            details, result, named = deduplicate(
+                source, self.config, seed=context.seed, workdir=folder / "work", engine=context.engine,
+                progress=self.progress, where=str(run.path),
+                index_dir=folder / "index" if self.config.keep_index else None)
+            atomic.write_parquet(folder / "pairs.parquet", pair_table(result, named))
             atomic.write_json(result_file, lasting_details(details))
             context.engine.map_tasks(_write_run_decisions, list(range(embeddings.n_shards)),
-                                     (str(run.path), source, result, node_uids))
+                                     (str(run.path), source, result, named))
             shutil.rmtree(folder / "work", ignore_errors=True)
         return context.result(self, started, stored_counts(run, STAGE), details=details)
 
 
 def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: DedupConfig, *, seed: int = 0,
                  embedding_col: str | None = None, id_col: str | None = None, progress: Progress | None = None,
-                 engine: Engine | None = None, keep_index: bool = False) -> dict[str, Any]:
+                 engine: Engine | None = None) -> dict[str, Any]:
     """Deduplicate the embeddings at `source` (not a run folder) into the folder `out`: decisions.parquet,
-    pairs.parquet, stats.json; with `keep_index`, also ``index/`` (its clusterings, for `dedup_since_folder`).
-    Returns the stats (also in stats.json). Memory: one part of the source at a time, plus the duplicate graph."""
+    pairs.parquet, stats.json; with `config.keep_index`, also ``index/`` (the clusterings); with `config.since`,
+    as a new batch against that earlier index (decisions for these rows only; ``duplicate_of`` may be an earlier
+    row's uid). Returns the stats (also in stats.json). Memory: one part of the source at a time, plus the
+    duplicate graph."""
     started = time.perf_counter()
     engine = resolve_engine(engine)
     embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col,
                                  require_normalized=config.require_normalized)
     out = Path(out)
     rows = SourceShards(embeddings, config)
-    details, result = deduplicate(rows, config, seed=seed, workdir=out / "work", engine=engine, progress=progress,
-                                  where=str(source), index_dir=out / "index" if keep_index else None)
-    node_uids = _node_uids(rows, result)
-    atomic.write_parquet(out / "pairs.parquet", pair_table(result, node_uids))
+    details, result, named = deduplicate(rows, config, seed=seed, workdir=out / "work", engine=engine,
+                                         progress=progress, where=str(source),
+                                         index_dir=out / "index" if config.keep_index else None)
+    atomic.write_parquet(out / "pairs.parquet", pair_table(result, named))
     counts = ShardStats(rows_in=result.stats["rows"], kept=result.stats["kept"],
                         dropped={"duplicate": result.stats["removed"]})
     stats = {**counts.to_dict(), "seconds": round(time.perf_counter() - started, 3), "engine": engine.name,
              "peak_memory_mb": round(peak_memory_mb(), 1), **details}
-    _write_decisions_file(out / "decisions.parquet", rows, result, node_uids)
+    _write_decisions_file(out / "decisions.parquet", rows, result, named)
     atomic.write_json(out / "stats.json", stats)
     shutil.rmtree(out / "work", ignore_errors=True)
     return stats
@@ -141,93 +150,61 @@ def dedup_folder(source: str | os.PathLike, out: str | os.PathLike, config: Dedu
 
 def deduplicate(rows: SourceShards, config: DedupConfig, *, seed: int, workdir: Path, engine: Engine,
                 progress: Progress | None, where: str, index_dir: Path | None = None
-                ) -> tuple[dict[str, Any], ShardedDedupResult]:
+                ) -> tuple[dict[str, Any], ShardedDedupResult | IncrementalResult, Named]:
     """Run `find_duplicates_sharded` over `rows` with `config` (phase files in `workdir`; the clusterings kept in
-    `index_dir` when given); return the details for stats.json and the result. Raises DataError naming `where`
-    when uids repeat."""
+    `index_dir` when given), or `find_duplicates_since` when `config.since` names an earlier index; return the
+    details for stats.json, the result and the uids of the row ids it names. Raises DataError naming `where` when
+    uids repeat, ConfigError for keep_index with since (an index covers the one run that made it)."""
+    from sanitize.dedup.incremental import DedupIndex, find_duplicates_since
     from sanitize.dedup.sharded import find_duplicates_sharded
 
     c = config
     rows.check_side_columns(where)
     if sum(rows.shard_sizes()) == 0:
         raise DataError(f"{where}: no embeddings (every shard has 0 rows)")
+    if c.since and index_dir is not None:
+        raise ConfigError("keep_index with since is not supported: an index covers the one run that made it")
+    index = DedupIndex.open(c.since) if c.since else None
     try:
-        result = find_duplicates_sharded(
-            rows, workdir, threshold=c.threshold, n_clusterings=c.clusterings, n_clusters=c.clusters, seed=seed,
-            keep=c.keep, refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
-            recall_sample=c.recall_sample, progress=progress, task_map=engine.map_tasks, index_dir=index_dir)
+        if index is not None:
+            result = find_duplicates_since(
+                rows, index, workdir, threshold=c.threshold, seed=seed, keep=c.keep, refuse_chains=c.refuse_chains,
+                require_normalized=c.require_normalized, recall_sample=c.recall_sample, task_map=engine.map_tasks)
+        else:
+            result = find_duplicates_sharded(
+                rows, workdir, threshold=c.threshold, n_clusterings=c.clusterings, n_clusters=c.clusters,
+                seed=seed, keep=c.keep, refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
+                recall_sample=c.recall_sample, progress=progress, task_map=engine.map_tasks, index_dir=index_dir)
     except DataError as e:
         if "one uid per row" in str(e):
             raise DataError(f"{where}: uids are not unique ({e})") from None
         raise
     details = {k: v for k, v in result.stats.items() if k not in ("rows", "kept", "removed", "seconds")}
     details["phase_seconds"] = result.stats["seconds"]
-    return details, result
+    named = _since_named(rows, result, index) if index is not None else _node_named(rows, result)
+    return details, result, named
 
 
-def dedup_since_folder(source: str | os.PathLike, out: str | os.PathLike, config: DedupConfig, since: str | os.PathLike,
-                       *, seed: int = 0, embedding_col: str | None = None, id_col: str | None = None,
-                       engine: Engine | None = None) -> dict[str, Any]:
-    """Deduplicate the new embeddings at `source` against the earlier dedup whose index is at `since` (an output
-    folder of ``sanitize dedup --keep-index``, or its ``index/``), into `out`: decisions.parquet (the new rows;
-    ``duplicate_of`` may be an earlier row's uid), pairs.parquet (pairs with a new row), stats.json. The earlier
-    rows are read from the index only. The clusterings are the index's; `config.clusterings` and `clusters` do not
-    apply. Returns the stats."""
-    import pyarrow.compute as pc
+@dataclass(frozen=True)
+class Named:
+    """The uid of each row id a result names (in its pairs and decisions): `ids` sorted, `uids` aligned."""
 
-    from sanitize.dedup.incremental import DedupIndex, find_duplicates_since
+    ids: np.ndarray
+    uids: pa.Array
 
-    started = time.perf_counter()
-    engine = resolve_engine(engine)
-    index = DedupIndex.open(since)
-    embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col,
-                                 require_normalized=config.require_normalized)
-    out = Path(out)
-    rows = SourceShards(embeddings, config)
-    rows.check_side_columns(str(source))
-    if sum(rows.shard_sizes()) == 0:
-        raise DataError(f"{source}: no embeddings (every shard has 0 rows)")
-    c = config
-    try:
-        result = find_duplicates_since(rows, index, out / "work", threshold=c.threshold, seed=seed, keep=c.keep,
-                                       refuse_chains=c.refuse_chains, require_normalized=c.require_normalized,
-                                       recall_sample=c.recall_sample, task_map=engine.map_tasks)
-    except DataError as e:
-        if "one uid per row" in str(e):
-            raise DataError(f"{source}: uids are not unique ({e})") from None
-        raise
+    def take(self, ids: pa.Array) -> pa.Array:
+        """The uids of row ids `ids` (an int64 array; nulls stay null)."""
+        import pyarrow.compute as pc
+
+        at = pa.array(np.searchsorted(self.ids, ids.fill_null(0).to_numpy()),
+                      mask=ids.is_null().to_numpy(zero_copy_only=False))
+        return pc.take(self.uids, at)
+
+
+def _since_named(rows: SourceShards, result: IncrementalResult, index: DedupIndex) -> Named:
+    """Every row id in the incremental result's pairs with its uid: earlier rows from the index, new rows (ids
+    index.rows + position) from the source, part by part."""
     ids = np.unique(np.concatenate([result.pairs["a"].to_numpy(), result.pairs["b"].to_numpy()]))
-    uids = _since_uids(rows, index, ids)
-    at = {end: pa.array(np.searchsorted(ids, result.pairs[end].to_numpy())) for end in ("a", "b")}
-    atomic.write_parquet(out / "pairs.parquet", pa.table({
-        "uid_a": pc.take(uids, at["a"]), "uid_b": pc.take(uids, at["b"]), "cosine": result.pairs["cosine"],
-        "clustering": result.pairs["clustering"]}))
-    with atomic.atomic_path(out / "decisions.parquet") as tmp:
-        writer = None
-        for part in range(embeddings.n_shards):
-            start, stop = rows.part_range(part)
-            table = result.rows_table(start, stop)
-            dup = table["duplicate_of"].combine_chunks()
-            where = pa.array(np.searchsorted(ids, dup.fill_null(0).to_numpy()),
-                             mask=dup.is_null().to_numpy(zero_copy_only=False))
-            decisions = decision_table(embeddings.read_uids(part), table, pc.take(uids, where))
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, decisions.schema, compression="zstd")
-            writer.write_table(decisions)
-        if writer is not None:
-            writer.close()
-    stats_in = result.stats
-    counts = ShardStats(rows_in=stats_in["rows"], kept=stats_in["kept"], dropped={"duplicate": stats_in["removed"]})
-    details = {k: v for k, v in stats_in.items() if k not in ("rows", "kept", "removed", "seconds")}
-    stats = {**counts.to_dict(), "seconds": round(time.perf_counter() - started, 3), "engine": engine.name,
-             "peak_memory_mb": round(peak_memory_mb(), 1), **details, "phase_seconds": stats_in["seconds"]}
-    atomic.write_json(out / "stats.json", stats)
-    shutil.rmtree(out / "work", ignore_errors=True)
-    return stats
-
-
-def _since_uids(rows: SourceShards, index: Any, ids: np.ndarray) -> pa.Array:
-    """The uid of each of `ids` (sorted): earlier rows from the index, new rows from the source, part by part."""
     earlier = ids[ids < index.rows]
     out = [index.uids(earlier)] if len(earlier) else []
     new = ids[ids >= index.rows] - index.rows
@@ -236,7 +213,7 @@ def _since_uids(rows: SourceShards, index: Any, ids: np.ndarray) -> pa.Array:
         lo, hi = np.searchsorted(new, [start, stop])
         if hi > lo:
             out.append(pa.array(rows.embeddings.read_uids(part)[new[lo:hi] - start].tolist(), pa.string()))
-    return pa.concat_arrays([a.cast(pa.string()) for a in out]) if out else pa.array([], pa.string())
+    return Named(ids, pa.concat_arrays([a.cast(pa.string()) for a in out]) if out else pa.array([], pa.string()))
 
 
 def lasting_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -270,42 +247,35 @@ def decision_table(uids: np.ndarray, rows: pa.Table, dup_uids: pa.Array) -> pa.T
                      "group_id": rows["group_id"], "duplicate_of": dup_uids, "cosine_to_kept": cos})
 
 
-def pair_table(result: ShardedDedupResult, node_uids: pa.Array) -> pa.Table:
+def pair_table(result: ShardedDedupResult | IncrementalResult, named: Named) -> pa.Table:
     """pairs.parquet: uid_a, uid_b, cosine, clustering (first clustering that found it; -1 = exact path)."""
-    import pyarrow.compute as pc
-
-    nodes = result.nodes["id"].to_numpy()
-    at = {end: pa.array(np.searchsorted(nodes, result.pairs[end].to_numpy())) for end in ("a", "b")}
-    return pa.table({"uid_a": pc.take(node_uids, at["a"]), "uid_b": pc.take(node_uids, at["b"]),
+    return pa.table({"uid_a": named.take(result.pairs["a"].combine_chunks()),
+                     "uid_b": named.take(result.pairs["b"].combine_chunks()),
                      "cosine": result.pairs["cosine"], "clustering": result.pairs["clustering"]})
 
 
-def _decisions_of_part(rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array, part: int) -> pa.Table:
+def _decisions_of_part(rows: SourceShards, result: ShardedDedupResult | IncrementalResult, named: Named,
+                       part: int) -> pa.Table:
     """The decision table of the source's part `part` (all of its rows)."""
-    import pyarrow.compute as pc
-
     start, stop = rows.part_range(part)
     table = result.rows_table(start, stop)
-    dup = table["duplicate_of"].combine_chunks()
-    nodes = result.nodes["id"].to_numpy()
-    at = pa.array(np.searchsorted(nodes, dup.fill_null(0).to_numpy()), mask=dup.is_null().to_numpy(
-        zero_copy_only=False))
-    return decision_table(rows.embeddings.read_uids(part), table, pc.take(node_uids, at))
+    return decision_table(rows.embeddings.read_uids(part), table, named.take(table["duplicate_of"].combine_chunks()))
 
 
-def _write_run_decisions(run_path: str, rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array,
-                         part: int) -> None:
+def _write_run_decisions(run_path: str, rows: SourceShards, result: ShardedDedupResult | IncrementalResult,
+                         named: Named, part: int) -> None:
     """One task: stages/dedup/NNNNN.parquet of the run's embedding shard `part`, then its marker."""
-    decisions = _decisions_of_part(rows, result, node_uids, part)
+    decisions = _decisions_of_part(rows, result, named, part)
     RunFolder(run_path).write_shard(STAGE, part, decisions, shard_counts(decisions).to_dict())
 
 
-def _write_decisions_file(path: Path, rows: SourceShards, result: ShardedDedupResult, node_uids: pa.Array) -> None:
+def _write_decisions_file(path: Path, rows: SourceShards, result: ShardedDedupResult | IncrementalResult,
+                          named: Named) -> None:
     """decisions.parquet of a non-run source, written part by part (one part in memory at a time)."""
     writer = None
     with atomic.atomic_path(path) as tmp:
         for part in range(rows.embeddings.n_shards):
-            table = _decisions_of_part(rows, result, node_uids, part)
+            table = _decisions_of_part(rows, result, named, part)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
             writer.write_table(table)
@@ -313,7 +283,7 @@ def _write_decisions_file(path: Path, rows: SourceShards, result: ShardedDedupRe
             writer.close()
 
 
-def _node_uids(rows: SourceShards, result: ShardedDedupResult) -> pa.Array:
+def _node_named(rows: SourceShards, result: ShardedDedupResult) -> Named:
     """The uid of every row in the duplicate graph (`result.nodes`), read part by part."""
     nodes = result.nodes["id"].to_numpy()
     out: list[str] = []
@@ -323,7 +293,7 @@ def _node_uids(rows: SourceShards, result: ShardedDedupResult) -> pa.Array:
         if hi > lo:
             uids = rows.embeddings.read_uids(part)
             out.extend(uids[nodes[lo:hi] - start].tolist())
-    return pa.array(out, pa.string())
+    return Named(nodes, pa.array(out, pa.string()))
 
 
 def _all_done(run: RunFolder, embeddings: EmbeddingSource) -> bool:

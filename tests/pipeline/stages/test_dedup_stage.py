@@ -97,3 +97,38 @@ def test_parquet_source_keeps_by_its_own_column(tmp_path):
     decisions = pq.read_table(tmp_path / "o" / "decisions.parquet").to_pylist()
     assert decisions[0]["keep"] is False and decisions[0]["duplicate_of"] == "p1"
     assert decisions[2]["keep"] is True and decisions[3]["duplicate_of"] == "p2"
+
+
+def _run_of(root, x, uids):
+    """A run folder (one manifest shard, one embedding shard) holding rows `x` with `uids`."""
+    root.mkdir(parents=True)
+    pq.write_table(pa.table({"uid": uids, "caption": ["c"] * len(uids)}), root / "in.parquet")
+    run = RunFolder.create(root / "run", open_manifest(root / "in.parquet"))
+    write_embedding_shard(run.embeddings_dir, 0, x, None, pa.table({"uid": uids}))
+    return run
+
+
+def test_a_run_deduplicated_since_an_earlier_run(tmp_path):
+    # dedup.keep_index keeps the first run's clusterings in stages/dedup/index; dedup.since = that run folder
+    # deduplicates a second run's rows against it: a copy of an earlier row is removed as a duplicate of that
+    # row's uid, the second run's own copies as usual, and the first run is untouched.
+    x = planted(800, seed=3)
+    first = _run_of(tmp_path / "a", x[:600], [f"a{i:04d}" for i in range(600)])
+    stats = run_stage(DedupStage(DedupConfig(keep_index=True, recall_sample=200)), first).to_dict()
+    assert stats["dropped"] == {"duplicate": 20} and (first.stage_dir("dedup") / "index" / "index.json").is_file()
+    before = first.shard_path("dedup", 0).read_bytes()
+    new = x[600:].copy()
+    new[0] = x[10]  # an exact copy of an earlier row
+    new[1] = x[12] + 0.0  # and another
+    new[5] = new[4] + 0.01 * np.random.default_rng(0).normal(size=x.shape[1]).astype(np.float32)  # a new pair
+    second = _run_of(tmp_path / "b", new / np.linalg.norm(new, axis=1, keepdims=True), [f"b{i:04d}" for i in
+                                                                                       range(200)])
+    result = CliRunner().invoke(cli, ["dedup", str(second.path), "--since", str(first.path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["pairs_with_earlier_rows"] >= 2
+    rows = {r["uid"]: r for r in pq.read_table(second.shard_path("dedup", 0)).to_pylist()}
+    assert rows["b0000"]["duplicate_of"] in ("a0010", "a0011") and not rows["b0000"]["keep"]
+    assert rows["b0001"]["duplicate_of"] in ("a0012", "a0013") and not rows["b0001"]["keep"]
+    assert rows["b0004"]["keep"] and rows["b0005"]["duplicate_of"] == "b0004"
+    assert sum(not r["keep"] for r in rows.values()) == 3
+    assert first.shard_path("dedup", 0).read_bytes() == before
