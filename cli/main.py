@@ -87,7 +87,8 @@ class LazyGroup(click.Group):
 class SanitizeGroup(LazyGroup):
     """The `sanitize` group: lazy commands, and errors as one line on stderr with the right exit code.
 
-    A library error (`SanitizeError`) exits with its own code; any other exception is a bug and exits 1 with a hint
+    A library error (`SanitizeError`) exits with its own code; an OSError with an errno (a vanished file, a
+    read-only folder, a full disk) exits 1 naming the file; any other exception is a bug and exits 1 with a hint
     to rerun with --debug. With --debug both keep their traceback. click's own errors (usage, abort) pass through.
     """
 
@@ -97,14 +98,35 @@ class SanitizeGroup(LazyGroup):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
+            _close_progress_bars()
             if ctx.params.get("debug"):
                 raise
             if isinstance(e, SanitizeError):
                 click.echo(f"error: {_one_line(str(e))}", err=True)
                 sys.exit(e.exit_code)
+            if isinstance(e, OSError) and e.errno is not None:
+                # the environment, not a bug: a file vanished, a folder is read-only, the disk is full
+                click.echo(f"error: {_one_line(_os_error(e))}", err=True)
+                sys.exit(1)
             message = _one_line(f"{type(e).__name__}: {e}" if str(e).strip() else type(e).__name__)
             click.echo(f"error: unexpected {message} (rerun with --debug for the traceback)", err=True)
             sys.exit(1)
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed command left open, so its error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _os_error(e: OSError) -> str:
+    """``<file>: <reason>`` (both files for a rename) for an OSError from the file system."""
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return reason
+    files = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else str(e.filename)
+    return f"{files}: {reason}"
 
 
 def _one_line(text: str) -> str:

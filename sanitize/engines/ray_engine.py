@@ -62,7 +62,9 @@ class RayEngine(Engine):
             if address is None:
                 package_root = str(Path(__file__).resolve().parents[2])
                 path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-                ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                # address="local": a Ray of this process's own, even when `ray start` left a cluster on this
+                # machine (ray.init() without an address would join it, and then refuse num_cpus).
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
                          runtime_env={"env_vars": {"PYTHONPATH": path}})
             else:
                 try:

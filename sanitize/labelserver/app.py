@@ -16,7 +16,8 @@ The token is a fresh random string per server, compared in constant time; a POST
 refused (403), which other local web pages cannot forge without a CORS preflight this server never grants.
 The Host header must name the bound address (a DNS-rebinding page would send its own name). Answers:
 200 with {"state", "outcome"}; 409 for a conflict or a stale round, with the current state; 404 for a uid
-outside the batch; 400 for a malformed request.
+outside the batch; 400 for a malformed request; 507 when the answer cannot be written (disk full, read-only
+project: nothing is stored, the error names the file).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from sanitize.errors import ConfigError, DataError
+from sanitize.io.atomic import WriteError
 from sanitize.labelserver.session import (
     BatchNotDoneError,
     LabelingSession,
@@ -183,6 +185,10 @@ class _Handler(BaseHTTPRequestHandler):
         except DataError as exc:
             # e.g. no unlabelled rows left to propose: the request was fine, the data cannot serve it.
             self._json(HTTPStatus.CONFLICT, {"error": str(exc), "state": session.state()})
+        except WriteError as exc:
+            # a full disk or a read-only project: nothing was stored (atomic write); the page shows the one line.
+            logger.error("labeling server: %s", exc)
+            self._json(HTTPStatus.INSUFFICIENT_STORAGE, {"error": str(exc), "state": session.state()})
         except Exception:
             logger.exception("labeling server: %s failed", self.path)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the server log)")

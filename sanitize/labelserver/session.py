@@ -11,14 +11,18 @@ Guarantees:
   ``conflict``, reported and not written (the store's lock makes this hold across threads and processes);
 - undo takes back one action of this batch (the named uid's, else the batch's latest) and nothing else;
 - an item is done when the uid has a label in the store (any source) or was skipped; skipped uids stay
-  unlabelled, so a later round may propose them again.
+  unlabelled, so a later round may propose them again;
+- skips are read back from the sidecar on every view and changed under an exclusive lock on a file beside it
+  (read-modify-write), so two servers on one project keep each other's skips.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -203,8 +207,8 @@ class LabelingSession:
                 known_uids=set(self._items), on_conflict="skip")
             if result.conflicts:
                 return Outcome("conflict", uid, value, result.conflicts[0])
-            if uid in self._skips:
-                self._set_skips({k: v for k, v in self._skips.items() if k != uid})
+            if uid in self._refresh_skips():
+                self._change_skips(lambda skips: {k: v for k, v in skips.items() if k != uid})
             self._metrics = None
             return Outcome("added" if result.added else "unchanged", uid, value)
 
@@ -216,7 +220,7 @@ class LabelingSession:
             if status not in (None, "skipped"):
                 return Outcome("already_done", uid, int(status == "positive"))
             if status is None:
-                self._set_skips({**self._skips, uid: _now()})
+                self._change_skips(lambda skips: {**skips, uid: skips.get(uid, _now())})
                 self._metrics = None
             return Outcome("skipped", uid)
 
@@ -239,7 +243,7 @@ class LabelingSession:
             _, target, kind = actions[-1]
             self._metrics = None
             if kind == "skip":
-                self._set_skips({k: v for k, v in self._skips.items() if k != target})
+                self._change_skips(lambda skips: {k: v for k, v in skips.items() if k != target})
                 return Outcome("unskipped", target)
             self.project.store(self.category).retract(target, source=SOURCE, round=self.round)
             return Outcome("retracted", target)
@@ -295,7 +299,7 @@ class LabelingSession:
                                     seed=self.seed, encode_text=self.encode_text)
         self._open_batch(result.paths["parquet"])
         # A proposal can reuse a round number (when the last batch was only skipped) and even its rows.
-        self._set_skips({})
+        self._change_skips(lambda _skips: {})
         logger.info("%s: proposed round %d, %d rows by %s", self.category, self._round, len(self._items),
                     result.strategy)
         return self._round
@@ -344,12 +348,28 @@ class LabelingSession:
             return {}
         return {uid: when for uid, when in data.get("skipped", {}).items() if uid in self._items}
 
-    def _set_skips(self, skips: dict[str, str]) -> None:
-        write_json(self._skips_path(), {"round": self.round, "batch": self._digest, "skipped": skips})
-        self._skips = skips
+    def _refresh_skips(self) -> dict[str, str]:
+        """Re-read the skip file, which another session (tab, server or process) may have changed."""
+        self._skips = self._read_skips()
+        return self._skips
+
+    def _change_skips(self, change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+        """Read-modify-write the skip file under an exclusive lock, so skips from other sessions are kept."""
+        path = self._skips_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            skips = change(self._read_skips())
+            write_json(path, {"round": self.round, "batch": self._digest, "skipped": skips})
+            self._skips = skips
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _done(self) -> dict[str, str]:
         """uid → ``positive`` / ``negative`` / ``skipped`` for the batch items that are not open."""
+        self._refresh_skips()
         uids, labels = self.project.store(self.category).current()
         labelled = dict(zip(uids.tolist(), labels.tolist(), strict=True))
         done = {uid: "skipped" for uid in self._skips}
@@ -362,6 +382,7 @@ class LabelingSession:
     def _actions(self) -> list[tuple[datetime, str, str]]:
         """(time, uid, "answer" | "skip") of this batch's takeable-back actions, oldest first."""
         history = self.project.store(self.category).read()
+        self._refresh_skips()
         actions = [
             (stamp, uid, "answer")
             for uid, source, rnd, stamp in zip(*(history[c].to_pylist() for c in ("uid", "source", "round",

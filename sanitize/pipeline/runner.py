@@ -8,6 +8,9 @@ sequence of single commands write the same files. The runner never names a stage
   another config is refused unless ``resume`` (then those stages rerun: their fingerprints differ);
 - resume: every stage skips the shards whose completion markers exist, so rerunning the same command after
   a crash (even ``kill -9``) continues and ends with the same files as an uninterrupted run;
+- input checks: an input file that changes or vanishes while a stage runs (its size or modification time
+  differs from the start of the run) stops the run with a DataError naming it, and that stage's record is
+  voided in run.json, so a rerun (with the file restored) redoes the stage instead of trusting its shards;
 - stats: each stage's `StageResult` (counted by the workers, merged on the driver) is its row in the table,
   its entry in RUN/stats.json, and part of the summary under ``"pipeline"``.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sanitize.engines import get_engine
-from sanitize.errors import ConfigError
+from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
 from sanitize.io.manifest import Manifest, open_manifest
 from sanitize.io.runfolder import RunFolder, config_fingerprint, peak_memory_mb
@@ -149,6 +152,7 @@ def run_pipeline(
     for stage in stages:  # fails fast (e.g. missing weights) before the run folder is touched
         stage.prepare(seed)
     run = RunFolder.create(out, m)
+    inputs = input_state(m)
     _record_pipeline(run, config)
 
     r = config.run
@@ -157,6 +161,7 @@ def run_pipeline(
         for stage in stages:
             logger.info("stage %s", stage.name)
             results.append(run_stage(stage, run, engine=engine, seed=seed, progress=progress))
+            check_inputs_unchanged(m, inputs, run, stage.name)
     rows = [result.to_dict() for result in results]
     summary = {
         "run": str(run.path),
@@ -169,6 +174,44 @@ def run_pipeline(
     all_stats["pipeline"] = summary
     atomic.write_json(run.stats_json, all_stats)
     return summary
+
+
+# ---- input checks ----------------------------------------------------------------------------------------------
+
+
+def input_state(manifest: Manifest) -> dict[str, tuple[int, int] | None]:
+    """(size, modification time in ns) of each input file, None for a missing one: what the fingerprint digests,
+    plus the img2dataset tars beside the shards (their images; a vanished tar would silently turn its rows into
+    unfetched remote images)."""
+    files = [Path(f) for f in manifest.files]
+    files += [tar for f in files if (tar := f.with_suffix(".tar")).exists()]
+    state: dict[str, tuple[int, int] | None] = {}
+    for path in files:
+        try:
+            st = Path(path).stat()
+        except FileNotFoundError:
+            state[str(path)] = None
+        else:
+            state[str(path)] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def check_inputs_unchanged(manifest: Manifest, before: dict[str, tuple[int, int] | None], run: RunFolder,
+                           stage: str) -> None:
+    """After `stage`: raise DataError naming the first input file that changed or vanished since `before`, after
+    voiding the stage's record in run.json (its shards may mix old and new input, so a rerun must redo it)."""
+    now = input_state(manifest)
+    changed = [path for path, state in before.items() if now.get(path) != state]
+    if not changed:
+        return
+    info = run.info()
+    if stage in info.get("stages", {}):
+        info["stages"][stage]["fingerprint"] = "void: input changed during the stage"
+        atomic.write_json(run.run_json, info)
+    how = "vanished" if now.get(changed[0]) is None else "changed (size or modification time)"
+    more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+    raise DataError(f"{changed[0]}: input file {how} while stage {stage} ran{more}; restore it and rerun (the stage "
+                    "is redone) or start a new --out folder")
 
 
 # ---- stats -----------------------------------------------------------------------------------------------------

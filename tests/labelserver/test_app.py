@@ -220,10 +220,10 @@ class _StoppedServer(LabelServer):
 def test_cli_warns_before_listening_beyond_this_machine(project_dir, embedded, monkeypatch, host, warned):
     from click.testing import CliRunner
 
-    from sanitize_cli import label_serve_cmd
+    from sanitize.labelserver import app
     from sanitize_cli.main import cli
 
-    monkeypatch.setattr(label_serve_cmd, "LabelServer", _StoppedServer)
+    monkeypatch.setattr(app, "LabelServer", _StoppedServer)  # the command imports it when it serves
     args = ["label", "serve", CATEGORY, "--project", str(project_dir), "--run", str(embedded[0]), "--port", "0",
             "--n", "3", *(["--host", host] if host else [])]
     result = CliRunner().invoke(cli, args)
