@@ -33,6 +33,7 @@ from sanitize.errors import ConfigError, DataError, first_line, reading
 
 logger = logging.getLogger(__name__)
 
+UID_CHECK_MEMORY = 256 << 20  # bytes of uid hashes `Manifest.check_unique_uids` holds at once (~32M rows)
 CANONICAL_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
@@ -185,34 +186,36 @@ class Manifest:
                             f"columns are: {', '.join(sorted(names))}")
         return [w for w in dict.fromkeys(wanted) if w and w in names]
 
-    def check_unique_uids(self, max_examples: int = 5) -> int:
+    def check_unique_uids(self, max_examples: int = 5, *, memory: int = UID_CHECK_MEMORY) -> int:
         """Stream all shards; raise DataError with examples when a uid appears twice. Returns the row count.
 
-        Memory: 8 bytes per row (a 64-bit hash of each uid), then one more pass only when duplicates exist.
+        Memory: a 64-bit hash per row, at most `memory` bytes of them at once: beyond that (about 32M rows at the
+        default) the hashes are spilled to temporary files by hash partition and each partition is checked on its
+        own, so the check holds one shard and one partition, never every row. One more pass only when duplicates
+        exist.
         """
         import polars as pl  # here, not at the top: reading a config or --help must not pay for it
 
-        hashes = []
-        for shard in self.shards():
-            hashes.append(pl.Series(shard.table.column("uid").to_numpy(zero_copy_only=False)).hash(seed=0)
-                          .to_numpy())
-        if not hashes:
-            return 0
-        allh = np.concatenate(hashes)
-        uniq, counts = np.unique(allh, return_counts=True)
-        dup_hashes = set(uniq[counts > 1].tolist())
+        rows = sum(_parquet_rows(f) for f in self.files)
+        n_parts = max(1, -(-8 * rows // memory))
+
+        def hashes() -> Iterator[np.ndarray]:
+            for shard in self.shards():
+                yield pl.Series(shard.table.column("uid").to_numpy(zero_copy_only=False)).hash(seed=0).to_numpy()
+
+        total, dup_hashes = _duplicate_hashes(hashes(), n_parts)
         if not dup_hashes:
-            return int(allh.size)
+            return total
         examples: dict[str, list[str]] = {}
         for shard in self.shards():
             uids = shard.table.column("uid").to_pylist()
             h = pl.Series(uids).hash(seed=0).to_numpy()
-            for row in np.flatnonzero(np.isin(h, list(dup_hashes))):
+            for row in np.flatnonzero(np.isin(h, np.fromiter(dup_hashes, np.uint64))):
                 places = examples.setdefault(uids[row], [])
                 places.append(f"{shard.path.name} row {row}")
         real = {u: p for u, p in examples.items() if len(p) > 1}
         if not real:  # 64-bit hash collision between different uids: astronomically rare, but not an error
-            return int(allh.size)
+            return total
         shown = "; ".join(f"{u!r} ({', '.join(p[:3])})" for u, p in list(real.items())[:max_examples])
         raise DataError(f"{self.spec.path}: {len(real)} duplicate uid(s), e.g. {shown}; "
                         "give a unique --id-col or deduplicate the manifest first")
@@ -395,3 +398,39 @@ def _guess_generic(first_file: Path) -> ColumnMap:
     picks = {role: next((c for c in options if c in names), None) for role, options in _GENERIC_GUESSES.items()}
     id_col = picks.pop("id_cols")
     return ColumnMap(id_cols=(id_col,) if id_col else (), **picks)
+
+
+def _parquet_rows(path: Path) -> int:
+    """Rows of a parquet file, from its footer."""
+    with reading(path, "parquet file"):
+        return pq.ParquetFile(path).metadata.num_rows
+
+
+def _duplicate_hashes(chunks: Iterator[np.ndarray], n_parts: int) -> tuple[int, set[int]]:
+    """(number of hashes, the hashes that occur more than once) of the uint64 arrays `chunks`. With `n_parts` > 1
+    the hashes are written to that many temporary files by `hash % n_parts` and each file is checked alone."""
+    import tempfile
+
+    if n_parts == 1:
+        allh = np.concatenate(list(chunks) or [np.empty(0, np.uint64)])
+        uniq, counts = np.unique(allh, return_counts=True)
+        return int(allh.size), set(uniq[counts > 1].tolist())
+    total, found = 0, set()
+    with tempfile.TemporaryDirectory(prefix="sanitize-uids-") as tmp:
+        paths = [Path(tmp) / f"{p:04d}.u64" for p in range(n_parts)]
+        files = [open(path, "wb") for path in paths]  # noqa: SIM115 - closed below, all at once
+        try:
+            for h in chunks:
+                total += h.size
+                part = (h % np.uint64(n_parts)).astype(np.int64)
+                order = np.argsort(part, kind="stable")
+                bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=n_parts))])
+                for p in np.flatnonzero(np.diff(bounds)):
+                    h[order[bounds[p] : bounds[p + 1]]].astype(np.uint64).tofile(files[p])
+        finally:
+            for f in files:
+                f.close()
+        for path in paths:
+            uniq, counts = np.unique(np.fromfile(path, dtype=np.uint64), return_counts=True)
+            found |= set(uniq[counts > 1].tolist())
+    return total, found

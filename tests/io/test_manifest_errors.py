@@ -62,6 +62,21 @@ def test_duplicate_uids_show_examples(tmp_path):
         open_manifest(tmp_path / "m").check_unique_uids()
 
 
+@pytest.mark.parametrize("memory", [1 << 30, 64, 8])
+def test_the_uid_check_spills_by_hash_partition_with_the_same_answer(tmp_path, memory):
+    # Past `memory` bytes of hashes the check spills them to files by hash partition (64 bytes: 5 partitions for
+    # 40 rows; 8: one per row): same count, same duplicates found.
+    uids = [f"u{i}" for i in range(20)]
+    write(tmp_path / "m" / "00000.parquet", uid=uids, caption=["c"] * 20)
+    write(tmp_path / "m" / "00001.parquet", uid=[f"v{i}" for i in range(20)], caption=["c"] * 20)
+    assert open_manifest(tmp_path / "m").check_unique_uids(memory=memory) == 40
+    write(tmp_path / "d" / "00000.parquet", uid=uids, caption=["c"] * 20)
+    write(tmp_path / "d" / "00001.parquet", uid=["x", "u7", "y", "u13"], caption=["c"] * 4)
+    expected = r"2 duplicate uid\(s\), e.g. 'u7' \(00000.parquet row 7, 00001.parquet row 1\)"
+    with pytest.raises(DataError, match=expected):
+        open_manifest(tmp_path / "d").check_unique_uids(memory=memory)
+
+
 def test_empty_id_value_names_row(tmp_path):
     p = write(tmp_path / "m.parquet", uid=["a", None], caption=["1", "2"])
     with pytest.raises(DataError, match="m.parquet: row 1: id column 'uid' is empty"):
