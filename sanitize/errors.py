@@ -44,8 +44,9 @@ class MissingDependencyError(SanitizeError):
 READ_ERRORS = (OSError, EOFError, ValueError, TypeError, NotImplementedError)
 
 
-def check_file(path: str | os.PathLike, what: str) -> None:
-    """Raise DataError ``"<path>: not a readable <what> (<reason>)"`` unless ``path`` is a non-empty readable file."""
+def check_file(path: str | os.PathLike, what: str, error: type[SanitizeError] = DataError) -> None:
+    """Raise ``error`` (DataError; ConfigError for a config file) ``"<path>: not a readable <what> (<reason>)"``
+    unless ``path`` is a non-empty readable file."""
     p = Path(path)
     if p.is_dir():
         reason = "it is a folder"
@@ -57,7 +58,7 @@ def check_file(path: str | os.PathLike, what: str) -> None:
         reason = "the file is empty"
     else:
         return
-    raise DataError(f"{path}: not a readable {what} ({reason})")
+    raise error(f"{path}: not a readable {what} ({reason})")
 
 
 @contextmanager

@@ -3,9 +3,9 @@
     python tools/catalogue.py          # print the table
     python tools/catalogue.py --write  # rewrite it in README.md, between the catalogue markers
 
-Each row is one `pytest.param` of a table in tests/io/test_bad_inputs.py: the command it runs, the input (the
-case's id), the exit code and the words the one-line error must hold. tests/test_catalogue.py checks that the
-README holds exactly this text.
+Each row is one `pytest.param` of a table in tests/io/test_bad_inputs.py or test_bad_inputs_more.py: the command it
+runs, the input (the case's id), the exit code and the words the one-line error must hold. tests/test_catalogue.py
+checks that the README holds exactly this text.
 """
 
 from __future__ import annotations
@@ -20,11 +20,25 @@ START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 
 
 def tables() -> list[tuple[str, list]]:
-    """(command, cases) of every catalogue table the tests hold."""
+    """(command, cases) of every catalogue table the tests hold (tests/io/test_bad_inputs.py and
+    tests/io/test_bad_inputs_more.py)."""
     sys.path.insert(0, str(REPO))
     from tests.io.test_bad_inputs import DEDUP_CASES, INSPECT_CASES
+    from tests.io.test_bad_inputs_more import (
+        CONFIG_CASES,
+        LABEL_CASES,
+        LEXICON_CASES,
+        SPEC_CASES,
+        ZERO_SHOT_CASES,
+    )
 
-    return [("sanitize dedup SOURCE --out OUT", DEDUP_CASES), ("sanitize inspect MANIFEST", INSPECT_CASES)]
+    audit = "sanitize audit MANIFEST --filter COND --attribute"
+    return [("sanitize dedup SOURCE --out OUT", DEDUP_CASES), ("sanitize inspect MANIFEST", INSPECT_CASES),
+            ("sanitize label add CATEGORY FILE --project P --run R", LABEL_CASES),
+            ("sanitize run MANIFEST --config FILE --out OUT --dry-run", CONFIG_CASES),
+            ("sanitize label init P --spec FILE", SPEC_CASES),
+            (f"{audit} lexicon:FILE --out OUT", LEXICON_CASES),
+            (f"{audit} zero-shot:FILE --out OUT", ZERO_SHOT_CASES)]
 
 
 def render() -> str:

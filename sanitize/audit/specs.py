@@ -34,13 +34,15 @@ Users add attributes by adding files; no code changes. Every problem raises `Con
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from sanitize.errors import ConfigError
+from sanitize.errors import ConfigError, check_file, first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,8 +113,10 @@ def _read_toml(path: str | os.PathLike, kind: str, builtin: dict[str, Path]) -> 
     p = Path(path)
     if not p.exists() and str(path) in builtin:
         p = builtin[str(path)]
-    if not p.is_file():
-        raise ConfigError(f"{kind} file not found: {path} (built-in: {', '.join(builtin) or 'none'})")
+    if not p.exists():
+        raise ConfigError(f"{path}: {kind} file not found (built-in: {', '.join(builtin) or 'none'})")
+    if not p.is_file() or p.stat().st_size:  # an empty file is a file without classes, said by the loader
+        check_file(p, f"{kind} file", ConfigError)
     builtin_dir = next(iter(builtin.values())).parent if builtin else None
     # Built-in files are named portably, so a report does not carry this machine's install path.
     name = f"builtin:{p.stem}" if builtin_dir is not None and p.resolve().parent == builtin_dir.resolve() else str(p)
@@ -120,9 +124,26 @@ def _read_toml(path: str | os.PathLike, kind: str, builtin: dict[str, Path]) -> 
         with open(p, "rb") as f:
             return tomllib.load(f), name
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from e
+        raise ConfigError(f"{p}: not valid TOML: {first_line(e)}") from e
     except OSError as e:
         raise ConfigError(f"{p}: {kind} file not readable ({e.strerror})") from e
+
+
+def _number(data: dict, key: str, default: float, src: str, ok: Callable[[float], bool], wanted: str) -> float:
+    """The finite number `data[key]` (`default` when absent) for which `ok` holds; ConfigError naming the file and
+    key otherwise (a bool, such as `margin = true`, is a typo, not a number)."""
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(f"{src}: {key} must be {wanted}, got {value!r}")
+    return float(value)
+
+
+def _text(data: dict, key: str, default: str, src: str) -> str:
+    """The string `data[key]` (`default` when absent); ConfigError naming the file and key otherwise."""
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{src}: {key} must be a string, got {value!r}")
+    return value
 
 
 def _label(value: object, where: str) -> str:
@@ -140,7 +161,7 @@ def load_attribute_spec(path: str | os.PathLike) -> AttributeSpec:
     0 <= margin < 1, logit_scale > 0, `not_applicable` labels are classes of the spec.
     """
     data, src = _read_toml(path, "attribute spec", builtin_attribute_specs())
-    name = data.get("name", Path(src).stem)
+    name = _text(data, "name", Path(src).stem, src)
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, list) or len(raw_classes) < 2:
         raise ConfigError(f"{src}: needs at least two [[classes]] entries")
@@ -155,31 +176,33 @@ def load_attribute_spec(path: str | os.PathLike) -> AttributeSpec:
         if label in labels:
             raise ConfigError(f"{where}: duplicate class label")
         class_prompts = entry.get("prompts")
-        if not isinstance(class_prompts, list) or not class_prompts:
+        if class_prompts is not None and not isinstance(class_prompts, list):
+            raise ConfigError(f"{where}: prompts must be a list of strings, got {class_prompts!r}")
+        if not class_prompts:
             raise ConfigError(f"{where}: has no prompts")
         for prompt in class_prompts:
-            if not isinstance(prompt, str) or not prompt.strip():
+            if not isinstance(prompt, str):
+                raise ConfigError(f"{where}: prompt {prompt!r} is not a string")
+            if not prompt.strip():
                 raise ConfigError(f"{where}: empty prompt {prompt!r}")
         labels.append(label)
         prompts.append(tuple(p.strip() for p in class_prompts))
-    margin = data.get("margin", DEFAULT_MARGIN)
-    if not isinstance(margin, int | float) or not 0 <= margin < 1:
-        raise ConfigError(f"{src}: margin must be in [0, 1), got {margin!r}")
-    scale = data.get("logit_scale", CLIP_LOGIT_SCALE)
-    if not isinstance(scale, int | float) or scale <= 0:
-        raise ConfigError(f"{src}: logit_scale must be > 0, got {scale!r}")
-    not_applicable = tuple(data.get("not_applicable", ()))
-    for label in not_applicable:
+    margin = _number(data, "margin", DEFAULT_MARGIN, src, lambda v: 0 <= v < 1, "in [0, 1)")
+    scale = _number(data, "logit_scale", CLIP_LOGIT_SCALE, src, lambda v: v > 0, "a finite number > 0")
+    raw_na = data.get("not_applicable", [])
+    if not isinstance(raw_na, list):
+        raise ConfigError(f"{src}: not_applicable must be a list of class labels, got {raw_na!r}")
+    for label in raw_na:
         if label not in labels:
             raise ConfigError(f"{src}: not_applicable label '{label}' is not a class")
     return AttributeSpec(
-        name=str(name),
+        name=name,
         classes=tuple(labels),
         prompts=tuple(prompts),
-        margin=float(margin),
-        logit_scale=float(scale),
-        not_applicable=not_applicable,
-        description=str(data.get("description", "")).strip(),
+        margin=margin,
+        logit_scale=scale,
+        not_applicable=tuple(raw_na),
+        description=_text(data, "description", "", src).strip(),
         source=src,
     )
 
@@ -191,7 +214,7 @@ def load_lexicon(path: str | os.PathLike) -> Lexicon:
     no term listed twice (within a class or across classes, compared case-insensitively).
     """
     data, src = _read_toml(path, "lexicon", builtin_lexicons())
-    name = data.get("name", Path(src).stem)
+    name = _text(data, "name", Path(src).stem, src)
     raw = data.get("classes")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{src}: needs a non-empty [classes] table")
@@ -201,11 +224,15 @@ def load_lexicon(path: str | os.PathLike) -> Lexicon:
     for raw_label, raw_terms in raw.items():
         label = _label(raw_label, f"{src}: classes")
         where = f"{src}: class '{label}'"
-        if not isinstance(raw_terms, list) or not raw_terms:
+        if not isinstance(raw_terms, list):
+            raise ConfigError(f"{where}: terms must be a list of strings, got {raw_terms!r}")
+        if not raw_terms:
             raise ConfigError(f"{where}: has no terms")
         class_terms: list[str] = []
         for term in raw_terms:
-            if not isinstance(term, str) or not term.strip():
+            if not isinstance(term, str):
+                raise ConfigError(f"{where}: term {term!r} is not a string")
+            if not term.strip():
                 raise ConfigError(f"{where}: empty term {term!r}")
             key = " ".join(term.lower().split())
             if key in seen:
@@ -225,11 +252,11 @@ def load_lexicon(path: str | os.PathLike) -> Lexicon:
     if not isinstance(referents, dict) or set(referents) - {"person", "other"}:
         raise ConfigError(f"{src}: [referents] may only hold 'person' and 'other' lists")
     return Lexicon(
-        name=str(name),
+        name=name,
         classes=tuple(labels),
         terms=tuple(terms),
         multiple=multiple,
-        description=str(data.get("description", "")).strip(),
+        description=_text(data, "description", "", src).strip(),
         source=src,
         pronouns=pronouns,
         persons=_word_list(referents.get("person", []), f"{src}: referents.person", seen),
@@ -245,7 +272,9 @@ def _word_list(raw: object, where: str, seen: dict[str, str]) -> tuple[str, ...]
         raise ConfigError(f"{where}: must be a list of words")
     out: list[str] = []
     for word in raw:
-        if not isinstance(word, str) or not word.strip():
+        if not isinstance(word, str):
+            raise ConfigError(f"{where}: word {word!r} is not a string")
+        if not word.strip():
             raise ConfigError(f"{where}: empty word {word!r}")
         key = " ".join(word.lower().split())
         if key in seen:

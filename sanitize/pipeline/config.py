@@ -17,6 +17,7 @@ for ``-``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sanitize.engines import ENGINES
-from sanitize.errors import ConfigError
+from sanitize.errors import READ_ERRORS, ConfigError, check_file, first_line
 from sanitize.io.manifest import PRESETS
 from sanitize.pipeline.options import Option, as_plain, nearest, option, options_of, section_dict
 from sanitize.pipeline.registry import stage_classes, stage_names
@@ -97,7 +98,7 @@ class PipelineConfig:
 
     def replace(self, section: str, **changes: Any) -> PipelineConfig:
         """A copy with some keys of one section changed (checked like a TOML value)."""
-        checked = {k: _option(section, k).check(as_plain(v), "config") for k, v in changes.items()}
+        checked = {k: _checked(section, k, as_plain(v), "config") for k, v in changes.items()}
         return PipelineConfig({**self.sections, section: dataclasses.replace(self.sections[section], **checked)})
 
     def planned_stages(self) -> list[str]:
@@ -122,12 +123,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Pi
     where = "config"
     if path is not None:
         where = str(path)
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found (write one with `sanitize init`)") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: not readable TOML ({exc})") from None
+        raw = read_config_file(path)
     for item in overrides:
         section, key, value = _parse_override(item)
         raw.setdefault(section, {})
@@ -135,6 +131,18 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Pi
             raise ConfigError(f"{where}: [{section}] must be a table")
         raw[section][key] = value
     return resolve_config(raw, where=where)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The TOML mapping in `path`; ConfigError naming the file when it is missing, a folder, empty, unreadable,
+    not UTF-8 or not TOML."""
+    if not Path(path).exists():
+        raise ConfigError(f"{path}: config file not found (write one with `sanitize init`)")
+    check_file(path, "TOML config", ConfigError)
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except READ_ERRORS as exc:  # OSError, UnicodeDecodeError and TOMLDecodeError (ValueErrors)
+        raise ConfigError(f"{path}: not readable TOML ({first_line(exc)})") from None
 
 
 def resolve_config(raw: dict[str, Any], *, where: str = "config") -> PipelineConfig:
@@ -147,7 +155,7 @@ def resolve_config(raw: dict[str, Any], *, where: str = "config") -> PipelineCon
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of keys, got {type(table).__name__}")
         for key, value in table.items():
-            values[section][key] = _option(section, key, where).check(value, where)
+            values[section][key] = _checked(section, key, value, where)
     config = PipelineConfig({name: cls(**values[name]) for name, cls in SECTION_CLASSES.items()})
     run = config.run
     if run.engine == "local" and (run.ray_address is not None or run.ray_num_cpus is not None):
@@ -199,6 +207,16 @@ def _option(section: str, key: str, where: str = "config") -> Option:
 
 
 # ---- checking --------------------------------------------------------------------------------------------------
+
+
+def _checked(section: str, key: str, value: Any, where: str) -> Any:
+    """`value` checked by the option `section.key`; a NaN or infinite number (alone or in a table) is refused
+    first, since no range check catches NaN."""
+    numbers = value.values() if isinstance(value, dict) else [value]
+    bad = next((v for v in numbers if isinstance(v, float) and not math.isfinite(v)), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: {section}.{key} must be a finite number, got {bad!r}")
+    return _option(section, key, where).check(value, where)
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

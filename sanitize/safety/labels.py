@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sanitize.errors import ConfigError, DataError
+from sanitize.errors import READ_ERRORS, ConfigError, DataError, check_file, first_line
 from sanitize.io.atomic import write_parquet
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ SCHEMA = pa.schema(
 )
 _TRUE = {"1", "true", "yes", "y"}
 _FALSE = {"0", "false", "no", "n"}
-_PATH_COLUMNS = ("path", "image_path", "filepath", "file")
+PATH_COLUMNS = ("path", "image_path", "filepath", "file")
+_CSV_REASONS = {"unexpected end of data": "a quoted field is never closed"}  # csv.Error's words, said plainly
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def read_label_file(path: str | Path, *, path_to_uid: Mapping[str, str] | None =
     columns = set(rows[0])
     if "label" not in columns:
         raise DataError(f"{path}: label file lacks a 'label' column (columns: {', '.join(sorted(columns))})")
-    key = "uid" if "uid" in columns else next((c for c in _PATH_COLUMNS if c in columns), None)
+    key = "uid" if "uid" in columns else next((c for c in PATH_COLUMNS if c in columns), None)
     if key is None:
         raise DataError(f"{path}: label file needs a 'uid' or image 'path' column")
     if key != "uid" and path_to_uid is None:
@@ -304,6 +305,7 @@ def read_label_file(path: str | Path, *, path_to_uid: Mapping[str, str] | None =
     labels: list[int] = []
     rounds: list[int] = []
     unmapped: list[str] = []
+    first: dict[str, tuple[int, int]] = {}  # uid -> (row, label) of its first answer
     unanswered = 0
     for i, row in enumerate(rows):
         raw = row.get("label")
@@ -320,6 +322,7 @@ def read_label_file(path: str | Path, *, path_to_uid: Mapping[str, str] | None =
                 unmapped.append(ident)
                 continue
             ident = path_to_uid[ident]
+        _check_repeat(path, first, ident, label, i + 1)
         uids.append(ident)
         labels.append(label)
         if has_round:
@@ -332,27 +335,73 @@ def read_label_file(path: str | Path, *, path_to_uid: Mapping[str, str] | None =
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    """The rows of a CSV or parquet label file as dicts; DataError naming the file (and row) when it cannot be
+    read: missing, a folder, empty, unreadable, not CSV/parquet inside, not UTF-8, bad CSV quoting, a column
+    named twice or a row with more fields than the header."""
+    if not path.exists():
         raise DataError(f"{path}: label file not found")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: label file is empty")
+    check_file(path, "label file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                rows = list(reader)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-        if reader.fieldnames is None:
-            raise DataError(f"{path}: CSV file has no header row")
-        return rows
+        return _read_csv_rows(path)
     if suffix == ".parquet":
-        try:
-            return pq.read_table(path).to_pylist()
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+        return _read_parquet_rows(path)
     raise DataError(f"{path}: unsupported label file type {suffix!r} (use .csv or .parquet)")
+
+
+def _read_csv_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a UTF-8 CSV label file (a byte-order mark, as spreadsheets write, is allowed)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, strict=True)
+            header = reader.fieldnames
+            rows = list(reader)
+    except csv.Error as exc:
+        reason = _CSV_REASONS.get(str(exc), str(exc))
+        # line_num counts the lines of the records read whole: the bad one starts on the next line
+        raise DataError(f"{path}: not a readable CSV file (line {reader.line_num + 1}: {reason})") from None
+    except READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
+    if header is None:
+        raise DataError(f"{path}: CSV file has no header row")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: CSV header names column {twice[0]!r} twice")
+    for i, row in enumerate(rows):
+        if None in row:  # DictReader's key for the fields beyond the header
+            raise DataError(f"{path}: row {i + 1} has {len(header) + len(row[None])} fields, the header "
+                            f"{len(header)}")
+    return rows
+
+
+def _read_parquet_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a parquet label file whose uid / image path columns hold text or integers."""
+    try:
+        table = pq.read_table(path)
+    except READ_ERRORS as exc:
+        raise DataError(f"{path}: not a readable parquet file ({first_line(exc)})") from None
+    key = next((name for name in ("uid", *PATH_COLUMNS) if name in table.column_names), None)
+    if key is not None and not _is_text_or_integer(table.schema.field(key).type):
+        raise DataError(f"{path}: column {key!r} has type {table.schema.field(key).type}, not text or an integer")
+    return table.to_pylist()
+
+
+def _is_text_or_integer(kind: pa.DataType) -> bool:
+    """Whether a column of type `kind` holds identifiers: text or integers, dictionary-encoded or not."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+
+
+def _check_repeat(path: Path, first: dict[str, tuple[int, int]], uid: str, label: int, row: int) -> None:
+    """Remember the first (row, label) of `uid` in `first`; DataError naming both rows when a later row gives
+    the uid the other label (the same label twice is a harmless repeat)."""
+    first_row, first_label = first.setdefault(uid, (row, label))
+    if first_label != label:
+        raise DataError(f"{path}: uid {uid!r} is labelled {first_label} on row {first_row} and {label} on row "
+                        f"{row} (one answer per uid)")
 
 
 def _parse_round(value: Any, where: str) -> int:

@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sanitize.errors import ConfigError
+from sanitize.errors import READ_ERRORS, ConfigError, check_file, first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,13 +91,20 @@ def load_spec(path: str | Path | None = None) -> ProjectSpec:
     0 < confidence < 1. Raises `ConfigError` naming file, category and key for anything else.
     """
     spec_path = default_spec_path() if path is None else Path(path)
+    return parse_spec(_read_spec_file(spec_path), spec_path)
+
+
+def _read_spec_file(path: Path) -> dict[str, Any]:
+    """The TOML mapping in `path`; ConfigError naming the file when it is missing, a folder, empty, unreadable,
+    not UTF-8 or not TOML."""
+    if not path.exists():
+        raise ConfigError(f"{path}: category spec file not found")
+    if not path.is_file() or path.stat().st_size:  # an empty file is a spec without categories, said below
+        check_file(path, "category spec", ConfigError)
     try:
-        raw = tomllib.loads(spec_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{spec_path}: category spec file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{spec_path}: not valid TOML ({exc})") from None
-    return parse_spec(raw, spec_path)
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except READ_ERRORS as exc:  # OSError, UnicodeDecodeError and TOMLDecodeError (ValueErrors)
+        raise ConfigError(f"{path}: not valid TOML ({first_line(exc)})") from None
 
 
 def parse_spec(raw: dict[str, Any], path: str | Path = "<spec>") -> ProjectSpec:
@@ -135,7 +142,9 @@ def _parse_category(path: Path, name: str, table: Any, defaults: dict[str, Any])
     merged = {**defaults, **table}
 
     description = merged.get("description")
-    if not isinstance(description, str) or not description.strip():
+    if description is not None and not isinstance(description, str):
+        raise ConfigError(f"{where}: key 'description' must be a string, got {description!r}")
+    if not description or not description.strip():
         raise ConfigError(f"{where}: key 'description' is missing or empty")
     guidelines = merged.get("guidelines", "")
     if not isinstance(guidelines, str):

@@ -36,7 +36,7 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.safety.audit_sample import RANDOM_AUDIT, draw_audit_sample
 from sanitize.safety.classifier import MIN_PER_CLASS, EmbeddingClassifier, save_classifier
 from sanitize.safety.contact_sheet import write_labeling_batch
-from sanitize.safety.labels import current_labels, read_label_file
+from sanitize.safety.labels import PATH_COLUMNS, current_labels, read_label_file
 from sanitize.safety.pool import EmbeddingPool, member_mask
 from sanitize.safety.project import LabelProject, labels_fingerprint
 from sanitize.safety.rounds import can_train, next_round, propose_batch, train_classifier
@@ -261,7 +261,11 @@ def add_answers(
     """
     project.category(name)
     path = Path(file)
-    path_to_uid = None if "uid" in _file_columns(path) else image_path_to_uid(run)
+    columns = _file_columns(path)
+    # Image paths are mapped to uids only for a file keyed by them; a file without a key column (or a broken one)
+    # goes straight to read_label_file, which names what is wrong with it.
+    keyed_by_path = "uid" not in columns and any(c in columns for c in PATH_COLUMNS)
+    path_to_uid = image_path_to_uid(run) if keyed_by_path else None
     answers = read_label_file(path, path_to_uid=path_to_uid)
     if source is None:
         source = RANDOM_AUDIT if _file_strategies(path) == {RANDOM_AUDIT} else default_source
@@ -292,7 +296,7 @@ def _file_columns(path: Path) -> list[str]:
         except (pa.ArrowInvalid, OSError):
             return []  # read_label_file reports the broken file
     if path.suffix.lower() == ".csv" and path.is_file():
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # -sig: a spreadsheet's BOM
             return next(csv.reader(f), [])
     return []
 
@@ -303,7 +307,7 @@ def _file_strategies(path: Path) -> set[str]:
         return set()
     if path.suffix.lower() == ".parquet":
         return {s for s in pq.read_table(path, columns=["strategy"])["strategy"].to_pylist() if s}
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return {row["strategy"] for row in csv.DictReader(f) if row.get("strategy")}
 
 
