@@ -116,7 +116,7 @@ class LabelStore:
         labels: Iterable[Any],
         *,
         source: str,
-        round: int,
+        round: int | None,
         annotator: str = "",
         known_uids: set[str] | np.ndarray | None = None,
         on_conflict: str = "raise",
@@ -128,12 +128,15 @@ class LabelStore:
         any uid outside it raises `UnknownUidError`. `on_conflict`: "raise" (default) raises
         `LabelConflictError` and writes nothing; "skip" writes the other answers and returns the conflicts;
         "override" records the new answers as corrections (the history keeps both; the newest wins).
+        `round` None: the next round (`next_round` of the history), chosen under the lock, and an answer equal to
+        the uid's latest one from the same source (in any round) is unchanged, so adding one file twice, or from
+        two processes at once, stores each answer once.
         """
         if source not in SOURCES:
             raise ConfigError(f"label source {source!r} is not one of {', '.join(SOURCES)}")
         if on_conflict not in ON_CONFLICT:
             raise ConfigError(f"on_conflict {on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
-        if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
+        if round is not None and (isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0):
             raise ConfigError(f"label round must be an integer >= 0, got {round!r}")
         batch = _dedupe_batch(list(map(str, uids)), [parse_label(v, where=f"label {i}") for i, v in enumerate(labels)])
         if known_uids is not None:
@@ -145,12 +148,16 @@ class LabelStore:
             columns = [table[name].to_pylist() for name in ("uid", "label", "source", "round")]
             seen = set(zip(*columns, strict=True))
             latest = {uid: row for row, uid in enumerate(columns[0])}  # the last answer per uid wins
+            any_round = round is None
+            if any_round:
+                round = next_round(table)
             new_rows: list[tuple[str, int]] = []
             conflicts: list[Conflict] = []
             unchanged = 0
             for uid, label in batch.items():
                 row = latest.get(uid)
-                if (uid, label, source, int(round)) in seen:
+                if (uid, label, source, int(round)) in seen or (
+                        any_round and row is not None and (columns[1][row], columns[2][row]) == (label, source)):
                     unchanged += 1
                 elif row is not None and columns[1][row] != label:
                     conflicts.append(Conflict(uid, columns[1][row], label, columns[2][row], columns[3][row]))
@@ -278,6 +285,13 @@ class LabelFile:
     labels: list[int]
     rounds: list[int] | None
     unanswered: int
+
+
+def next_round(history: pa.Table) -> int:
+    """The number of the next active-learning round: 1 after the seed labels (round 0), then max + 1."""
+    if history.num_rows == 0:
+        return 1
+    return int(max(history["round"].to_pylist())) + 1
 
 
 def read_label_file(path: str | Path, *, path_to_uid: Mapping[str, str] | None = None) -> LabelFile:

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from sanitize.errors import ConfigError
 from sanitize.safety.classifier import MIN_PER_CLASS, EmbeddingClassifier
@@ -54,13 +53,6 @@ def train_classifier(
     clf = EmbeddingClassifier(kind=kind, random_state=seed).fit(X, y)
     logger.info("trained %s classifier on %d positive / %d negative labels", kind, *clf.n_labels_)
     return clf
-
-
-def next_round(history: pa.Table) -> int:
-    """The number of the next active-learning round: 1 after the seed labels (round 0), then max + 1."""
-    if history.num_rows == 0:
-        return 1
-    return int(max(history["round"].to_pylist())) + 1
 
 
 def propose_batch(

@@ -36,10 +36,10 @@ from sanitize.io.runfolder import RunFolder
 from sanitize.safety.audit_sample import RANDOM_AUDIT, draw_audit_sample
 from sanitize.safety.classifier import MIN_PER_CLASS, EmbeddingClassifier, save_classifier
 from sanitize.safety.contact_sheet import write_labeling_batch
-from sanitize.safety.labels import PATH_COLUMNS, current_labels, read_label_file
+from sanitize.safety.labels import PATH_COLUMNS, current_labels, next_round, read_label_file
 from sanitize.safety.pool import EmbeddingPool, member_mask
 from sanitize.safety.project import LabelProject, labels_fingerprint
-from sanitize.safety.rounds import can_train, next_round, propose_batch, train_classifier
+from sanitize.safety.rounds import can_train, propose_batch, train_classifier
 from sanitize.safety.spec import CategorySpec
 from sanitize.safety.status import label_status
 from sanitize.safety.strategies import Selection
@@ -270,8 +270,9 @@ def add_answers(
     if source is None:
         source = RANDOM_AUDIT if _file_strategies(path) == {RANDOM_AUDIT} else default_source
     present = set(metadata_rows(run, answers.uids))
+    # A file without one round: seeds are round 0, other answers the next round, chosen under the store's lock.
     round_no = answers.rounds[0] if answers.rounds and len(set(answers.rounds)) == 1 else (
-        0 if source == "seed" else next_round(project.store(name).read()))
+        0 if source == "seed" else None)
     result = project.store(name).add(answers.uids, answers.labels, source=source, round=round_no,
                                      annotator=annotator, known_uids=present, on_conflict=on_conflict)
     _, y = project.training_labels(name)

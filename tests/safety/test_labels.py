@@ -53,6 +53,19 @@ def test_identical_resubmission_is_idempotent(tmp_path):
     assert audit.added == 1 and store.read().num_rows == 4
 
 
+def test_answers_without_a_round_take_the_next_one_and_are_stored_once(tmp_path):
+    # round=None (a label file without a round column): the next round, chosen under the lock; the same answers
+    # added again (or by a second process) are unchanged, whatever round they would have had.
+    store = LabelStore(tmp_path, "c")
+    store.add(["u1"], [1], source="seed", round=0)
+    first = store.add(["u2", "u3"], [1, 0], source="active", round=None)
+    assert first.added == 2 and set(store.read()["round"].to_pylist()) == {0, 1}
+    again = store.add(["u2", "u3", "u4"], [1, 0, 1], source="active", round=None)
+    assert (again.added, again.unchanged) == (1, 2)
+    assert store.read().num_rows == 4 and store.read()["round"].to_pylist()[-1] == 2
+    assert store.add(["u2"], [0], source="active", round=None, on_conflict="skip").conflicts[0].stored_label == 1
+
+
 def test_conflicts_raise_with_the_list_and_write_nothing(tmp_path):
     store = LabelStore(tmp_path, "c")
     store.add(["u1", "u2", "u3"], [1, 0, 1], source="seed", round=0)

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 
 from sanitize.safety.contact_sheet import write_labeling_batch
-from sanitize.safety.labels import LabelStore, read_label_file
-from sanitize.safety.rounds import can_train, next_round, propose_batch, train_classifier
+from sanitize.safety.labels import LabelStore, next_round, read_label_file
+from sanitize.safety.rounds import can_train, propose_batch, train_classifier
 from sanitize.safety.spec import load_spec
 from sanitize.safety.status import label_status
 

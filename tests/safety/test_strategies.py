@@ -5,8 +5,9 @@ import pytest
 
 from sanitize.errors import ConfigError, DataError
 from sanitize.safety.classifier import EmbeddingClassifier, from_layers
+from sanitize.safety.labels import next_round
 from sanitize.safety.pool import EmbeddingPool
-from sanitize.safety.rounds import can_train, next_round, propose_batch, train_classifier
+from sanitize.safety.rounds import can_train, propose_batch, train_classifier
 from sanitize.safety.spec import CategorySpec
 from sanitize.safety.strategies import (
     STRATEGIES,
