@@ -132,8 +132,39 @@ class ClipModel:
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenize(texts[start : start + batch_size]).to(self.device)
             with torch.inference_mode(), self._autocast():
-                parts.append(_unit_rows(self.network.encode_text(tokens)))
+                parts.append(_unit_rows(_encode_text(self.network, tokens)))
         return np.concatenate(parts)
+
+
+def _encode_text(network: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`network.encode_text(tokens)`, on the batch's own length when that gives the same result.
+
+    Captions are padded to the context (77 tokens for CLIP) but are usually a fifth of it. In open_clip's CLIP with
+    a causal text mask and pooling at the end-of-text token, a position never attends to later ones, so the
+    padding after the batch's longest caption changes no output: the tower runs on tokens[:, :L] (L = the last
+    non-pad position + 1), with the positional embedding and mask cut to L, and gives the full run's result up to
+    float rounding (tested). Any other text tower (bidirectional, pooled at the last position, Hugging Face) runs
+    as it is.
+    """
+    import open_clip
+
+    if not (type(network) is open_clip.model.CLIP and getattr(network, "attn_mask", None) is not None
+            and network.text_pool_type in ("argmax", "eos")):
+        return network.encode_text(tokens)
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    if length >= tokens.shape[1]:
+        return network.encode_text(tokens)
+    tokens = tokens[:, :length]
+    cast_dtype = network.transformer.get_cast_dtype()
+    x = network.token_embedding(tokens).to(cast_dtype) + network.positional_embedding[:length].to(cast_dtype)
+    x = network.ln_final(network.transformer(x, attn_mask=network.attn_mask[:length, :length]))
+    x = open_clip.transformer.text_global_pool(x, tokens, network.text_pool_type,
+                                               eos_token_id=getattr(network, "text_eos_id", None))
+    if network.text_projection is not None:
+        x = network.text_projection(x) if isinstance(network.text_projection, torch.nn.Linear) else (
+            x @ network.text_projection)
+    return x
 
 
 def packaged_weights(model: str = DEMO_MODEL, *, must_exist: bool = True) -> Path:

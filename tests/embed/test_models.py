@@ -229,3 +229,19 @@ def test_a_crafted_safetensors_checkpoint_is_one_line(tiny_name, tmp_path, kind)
     with pytest.raises(DataError) as info:
         load_clip(tiny_name, str(path), device="cpu")
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("which", ["tiny", "demo"])
+def test_text_tower_on_the_batch_length_equals_the_full_context(tiny_name, which):
+    # The text tower runs on the batch's longest caption, not the 77-token context: same result as open_clip's
+    # own encode_text (causal mask, end-of-text pooling), for short, empty and over-long captions.
+    from sanitize.clip.models import _encode_text, packaged_weights
+
+    model = (load_clip(tiny_name, None, device="cpu", seed=0) if which == "tiny"
+             else load_clip("sanitize-demo-clip", str(packaged_weights()), device="cpu"))
+    batches = [["a dog", "a photo of two people on a beach at sunset", ""], ["word " * 200, "a cat"], [""]]
+    for captions in batches:
+        tokens = model.tokenize(captions)
+        with torch.inference_mode():
+            full, trimmed = model.network.encode_text(tokens), _encode_text(model.network, tokens)
+        assert torch.allclose(full, trimmed, atol=1e-6), (captions, (full - trimmed).abs().max())
