@@ -88,6 +88,7 @@ class ClipModel:
         network: torch.nn.Module,
         preprocess: Callable[[Any], torch.Tensor],
         tokenizer: Callable[[Sequence[str]], torch.Tensor],
+        input_size: int | None = None,
     ) -> None:
         self.name = name
         self.pretrained = pretrained
@@ -98,6 +99,7 @@ class ClipModel:
         self.preprocess = preprocess
         self.network = network
         self.tokenizer = tokenizer
+        self.input_size = input_size  # the image tower's input side in pixels (None: not known)
 
     def __repr__(self) -> str:
         return (
@@ -268,7 +270,18 @@ def load_clip(
         network=network,
         preprocess=preprocess,
         tokenizer=tokenizer,
+        input_size=_input_size(network),
     )
+
+
+def _input_size(network: torch.nn.Module) -> int | None:
+    """The larger side of the image tower's input (open_clip's `visual.image_size`), None when it has none."""
+    size = getattr(getattr(network, "visual", None), "image_size", None)
+    if isinstance(size, int):
+        return size
+    if isinstance(size, (tuple, list)) and size:
+        return int(max(size))
+    return None
 
 
 def resolve_weights(model: str, pretrained: str | None) -> WeightSource:

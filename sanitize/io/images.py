@@ -52,8 +52,13 @@ class ImageDecodeError(Exception):
         self.reason = reason
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 draft: tuple[int, int] | None = None) -> Image.Image:
     """Decode encoded image bytes into an RGB image with EXIF orientation applied.
+
+    `draft` (width, height): a JPEG at least twice that size in both sides is decoded at 1/2, 1/4 or 1/8 scale
+    by the decoder itself (Pillow's draft mode), never below `draft`: what a model with that input size needs,
+    at a fraction of the decoding cost. Other formats, and smaller JPEGs, decode at full size.
 
     Transparent images (RGBA, LA, P with a transparent colour, ...) are composited on white; CMYK, 1-bit,
     palette and grey images are converted; 16-bit and 32-bit grey (I;16, I) are scaled from 0..65535 to
@@ -83,6 +88,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageDecodeError("too_large", f"{width}x{height} = {width * height} pixels > {max_pixels}")
     if width == 0 or height == 0:
         raise ImageDecodeError("corrupt", f"empty image size {width}x{height}")
+    if draft is not None and image.format == "JPEG":
+        image.draft(image.mode, draft)  # mode unchanged: only the scale; to_rgb below converts as for any image
     try:
         image.load()
     except OSError as exc:

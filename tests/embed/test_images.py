@@ -218,3 +218,18 @@ def test_ukbench_photo_with_exif_rotation(shared_data):
     raw = Image.open(path)
     assert raw.getexif().get(0x0112) not in (None, 1)  # this real photo carries an EXIF rotation
     assert decode_image(path.read_bytes()).size == raw.size[::-1]
+
+
+@pytest.mark.parametrize(("size", "fmt", "draft", "expected"), [
+    ((640, 480), "JPEG", (224, 224), (320, 240)),  # 1/2: 1/4 would be 160x120, below 224
+    ((1280, 960), "JPEG", (224, 224), (320, 240)),  # 1/4
+    ((4000, 3000), "JPEG", (224, 224), (500, 375)),  # 1/8 at most
+    ((300, 200), "JPEG", (224, 224), (300, 200)),  # not twice the size: full decode
+    ((640, 480), "PNG", (224, 224), (640, 480)),  # only JPEG decoders scale
+    ((640, 480), "JPEG", None, (640, 480)),
+])
+def test_draft_decoding_scales_large_jpegs_never_below_the_model_input(size, fmt, draft, expected):
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 30, 200)).save(buf, fmt)
+    image = decode_image(buf.getvalue(), draft=draft)
+    assert image.size == expected and image.mode == "RGB"

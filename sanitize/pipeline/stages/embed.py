@@ -51,6 +51,8 @@ class EmbedConfig:
     workers: int = option(DEFAULT_DECODE_WORKERS, "Decoding processes per model.", low=0)
     max_pixels: int = option(DEFAULT_MAX_PIXELS, "Larger images are recorded as too_large (decompression-bomb guard).",
                              low=1)
+    draft_decode: bool = option(False, "Decode large JPEGs at the model's input scale (Pillow draft mode): faster "
+                                       "decoding and resizing; embeddings change slightly (README).")
 
 
 class EmbedStage(Stage):
@@ -91,7 +93,8 @@ class EmbedStage(Stage):
         from sanitize.pipeline.stages.hashlist import screening_digest
 
         screened = screening_digest(run, len(manifest.files))
-        config = embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels)
+        config = embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels,
+                              draft_decode=c.draft_decode)
         run.begin_stage(STAGE, {**config, "screened": screened} if screened else config,
                         role=self.role, clear=(run.stage_dir(STAGE), run.embeddings_dir))
         todo = run.todo(STAGE, len(manifest.files))
@@ -99,16 +102,20 @@ class EmbedStage(Stage):
             for index in sorted(set(range(len(manifest.files))) - set(todo)):
                 bar(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
         worker = EmbedShardWorker(manifest, run.path, model_config(self.model), batch_size=c.batch_size,
-                                  num_workers=c.workers, max_pixels=c.max_pixels, model=self.model, progress=bar,
+                                  num_workers=c.workers, max_pixels=c.max_pixels, draft_decode=c.draft_decode,
+                                  model=self.model, progress=bar,
                                   screened=screened is not None)
         context.engine.map_shards(worker, todo, progress=(lambda n: bar(n) if n else None) if bar else None)
         return context.result(self, started, stored_counts(run, STAGE))
 
 
-def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int) -> dict[str, Any]:
-    """What decides the embed stage's output (its fingerprint): model, weights, precision, batch size, limits."""
-    return {"model": model.name, "pretrained": str(model.pretrained), "precision": model.precision,
-            "dim": model.dim, "seed": model.seed, "batch_size": batch_size, "max_pixels": max_pixels}
+def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int, draft_decode: bool = False
+                 ) -> dict[str, Any]:
+    """What decides the embed stage's output (its fingerprint): model, weights, precision, batch size, limits,
+    and draft decoding when it is on (so runs made without it keep their fingerprint)."""
+    config = {"model": model.name, "pretrained": str(model.pretrained), "precision": model.precision,
+              "dim": model.dim, "seed": model.seed, "batch_size": batch_size, "max_pixels": max_pixels}
+    return {**config, "draft_decode": True} if draft_decode else config
 
 
 def model_config(model: ClipModel) -> dict[str, Any]:
@@ -117,7 +124,8 @@ def model_config(model: ClipModel) -> dict[str, Any]:
 
 
 def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipModel, *, batch_size: int,
-                    num_workers: int, max_pixels: int, progress: Callable[[int], Any] | None = None,
+                    num_workers: int, max_pixels: int, draft_decode: bool = False,
+                    progress: Callable[[int], Any] | None = None,
                     screened: bool = False) -> int:
     """Embed shard ``index`` of ``manifest`` into ``run``: embedding files, the stage sidecar, then the marker.
 
@@ -134,6 +142,7 @@ def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipM
             progress(rows - shard.table.num_rows)
     result = embed_shard(shard.table, model, image_root=manifest.image_root, tar_path=shard.tar_path,
                          batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,
+                         draft_decode=draft_decode,
                          progress=progress)
     meta = shard.table.take(pa.array(result.ok_rows)).select(["uid", "caption", "url", "image", "key",
                                                                "shard", "row"])
@@ -173,7 +182,8 @@ class EmbedShardWorker:
     uses_gpu = True
 
     def __init__(self, manifest: Manifest, run_path: str | os.PathLike, model_config: dict[str, Any], *,
-                 batch_size: int, num_workers: int, max_pixels: int, model: ClipModel | None = None,
+                 batch_size: int, num_workers: int, max_pixels: int, draft_decode: bool = False,
+                 model: ClipModel | None = None,
                  progress: Callable[[int], Any] | None = None, screened: bool = False) -> None:
         self.manifest = manifest
         self.run_path = Path(run_path)
@@ -181,6 +191,7 @@ class EmbedShardWorker:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.max_pixels = max_pixels
+        self.draft_decode = draft_decode
         self.model = model
         self.progress = progress
         self.screened = screened
@@ -199,7 +210,8 @@ class EmbedShardWorker:
         self.setup()
         rows = embed_one_shard(self.manifest, RunFolder(self.run_path), index, self.model,
                                batch_size=self.batch_size, num_workers=self.num_workers,
-                               max_pixels=self.max_pixels, progress=self.progress, screened=self.screened)
+                               max_pixels=self.max_pixels, draft_decode=self.draft_decode, progress=self.progress,
+                               screened=self.screened)
         return 0 if self.progress is not None else rows
 
 
