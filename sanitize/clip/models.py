@@ -108,7 +108,7 @@ class ClipModel:
         )
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.device.type == "cpu":  # a CPU's bf16 model holds bf16 weights itself
             return nullcontext()
         dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
@@ -118,8 +118,13 @@ class ClipModel:
         if images.shape[0] == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with torch.inference_mode(), self._autocast():
-            features = self.network.encode_image(images.to(self.device, non_blocking=True))
+            features = self.network.encode_image(images.to(self.device, dtype=self._input_dtype, non_blocking=True))
         return _unit_rows(features)
+
+    @property
+    def _input_dtype(self) -> torch.dtype:
+        """What the image tower reads: bfloat16 for a CPU bf16 model (its weights are bf16), else float32."""
+        return torch.bfloat16 if self.precision == "bf16" and self.device.type == "cpu" else torch.float32
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids (n, context_length), int64, as the model's text tower reads them."""
@@ -206,7 +211,8 @@ def load_clip(
     for `local-dir:` and `hf-hub:` models, whose `ClipModel.pretrained` is the folder the weights came from
     (for hf-hub, the cached snapshot, whose name holds the revision).
     `device`: "cpu", "cuda", "cuda:1", ...; default CUDA when available, else CPU.
-    `precision`: "fp32", "fp16" or "bf16" (autocast); default fp16 on CUDA, fp32 on CPU; CPU allows fp32 only.
+    `precision`: "fp32", "fp16" or "bf16"; default fp16 on CUDA, fp32 on CPU. On CUDA the half precisions are
+    autocast; a CPU runs fp32 or bf16 (the weights converted to bf16: faster where the CPU has bf16 instructions).
     `seed`: the random initialisation when there are no weights (same seed, same model); unused otherwise.
 
     Raises ConfigError, in seconds and without network access, when the weights are not on this
@@ -251,6 +257,10 @@ def load_clip(
         detail = detail if len(detail) <= 300 else detail[:297] + "..."
         raise DataError(f"cannot load weights {source.weights} into {model}: {detail}") from exc
     network.eval()
+    if precision == "bf16" and torch_device.type == "cpu":
+        # Weights in bf16, not autocast (which would cast every weight on every call): about 2x the speed of fp32
+        # on CPUs with bf16 instructions (AVX-512 BF16, AMX); embeddings at cosine >= 0.9999 of fp32 (README).
+        network = network.to(torch.bfloat16)
     tokenizer = open_clip.get_tokenizer(source.open_clip_name)
     logger.info(
         "loaded %s (pretrained=%s) on %s, %s, dim %d",
@@ -435,6 +445,6 @@ def _resolve_precision(precision: str | None, device: torch.device) -> str:
         return "fp16" if device.type == "cuda" else "fp32"
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    if device.type == "cpu" and precision != "fp32":
-        raise ConfigError(f"--precision {precision}: CPU runs fp32 only (half precision is for GPUs)")
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError(f"--precision {precision}: CPUs run fp32 or bf16 (fp16 is for GPUs)")
     return precision

