@@ -148,7 +148,9 @@ def cli(verbose: int, debug: bool) -> None:
 def emit(summary: dict, as_json: bool, lines: list[str]) -> None:
     """Print a command's summary: JSON on stdout with --json, else human lines."""
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        context = click.get_current_context(silent=True)
+        stream = context.meta.get("json_stdout") if context is not None else None
+        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str), file=stream)
     else:
         for line in lines:
             click.echo(line)

@@ -68,3 +68,24 @@ def test_inspect_json(runner, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["rows"] == 2 and summary["preset"] == "generic" and summary["example_uids"] == ["a", "b"]
+
+
+def test_json_stdout_holds_only_the_summary(runner, tmp_path, monkeypatch):
+    # With --json, anything else a command's libraries print to stdout while it runs (Ray forwards worker-failure
+    # notices there) goes to stderr, so stdout parses as one JSON document.
+    from sanitize.io.manifest import Manifest
+
+    pq.write_table(pa.table({"uid": ["a", "b"], "caption": ["x", "y"]}), tmp_path / "m.parquet")
+    check = Manifest.check_unique_uids
+
+    def noisy(self, *args, **kwargs):
+        print("(raylet) a worker died")  # what a library's log forwarding writes
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(Manifest, "check_unique_uids", noisy)
+    result = runner.invoke(cli, ["inspect", str(tmp_path / "m.parquet"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"] == 2
+    assert "(raylet) a worker died" in result.stderr
+    plain = runner.invoke(cli, ["inspect", str(tmp_path / "m.parquet")])
+    assert "(raylet) a worker died" in plain.stdout  # without --json, stdout is left alone
