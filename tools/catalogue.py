@@ -20,8 +20,8 @@ START, END = "<!-- catalogue:start -->", "<!-- catalogue:end -->"
 
 
 def tables() -> list[tuple[str, list]]:
-    """(command, cases) of every catalogue table the tests hold (tests/io/test_bad_inputs.py and
-    tests/io/test_bad_inputs_more.py)."""
+    """(command, cases) of every catalogue table the tests hold (tests/io/test_bad_inputs.py,
+    test_bad_inputs_more.py and test_bad_inputs_runs.py, whose cases each name their command: command None)."""
     sys.path.insert(0, str(REPO))
     from tests.io.test_bad_inputs import DEDUP_CASES, INSPECT_CASES
     from tests.io.test_bad_inputs_more import (
@@ -31,6 +31,7 @@ def tables() -> list[tuple[str, list]]:
         SPEC_CASES,
         ZERO_SHOT_CASES,
     )
+    from tests.io.test_bad_inputs_runs import RUN_CASES
 
     audit = "sanitize audit MANIFEST --filter COND --attribute"
     return [("sanitize dedup SOURCE --out OUT", DEDUP_CASES), ("sanitize inspect MANIFEST", INSPECT_CASES),
@@ -38,19 +39,25 @@ def tables() -> list[tuple[str, list]]:
             ("sanitize run MANIFEST --config FILE --out OUT --dry-run", CONFIG_CASES),
             ("sanitize label init P --spec FILE", SPEC_CASES),
             (f"{audit} lexicon:FILE --out OUT", LEXICON_CASES),
-            (f"{audit} zero-shot:FILE --out OUT", ZERO_SHOT_CASES)]
+            (f"{audit} zero-shot:FILE --out OUT", ZERO_SHOT_CASES), (None, RUN_CASES)]
 
 
 def render() -> str:
     """The markdown table: command, input, extra options, exit code, what the one error line says."""
     lines = ["| command | input | options | exit | the one error line holds |", "|---|---|---|---:|---|"]
-    for command, cases in tables():
+    found = tables()  # (puts the repository on the path)
+    from tests.io.test_bad_inputs_runs import COMMANDS
+
+    for command, cases in found:
         for case in cases:
             _, args, code, message = case.values
+            shown = command
+            if command is None:  # the case's first option names the command that reads the bad input
+                shown, args = f"sanitize {COMMANDS[args[0]]}", args[1:]
             root = " (skipped as root)" if any(m.name == "skipif" for m in case.marks) else ""
             options = " ".join(f"`{a}`" for a in args) or ""
             words = message.replace("|", "\\|")
-            lines.append(f"| `{command}` | {case.id.replace('-', ' ')}{root} | {options} | {code} | {words} |")
+            lines.append(f"| `{shown}` | {case.id.replace('-', ' ')}{root} | {options} | {code} | {words} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle  # only for its exception type: checkpoints load with torch.load(weights_only=True)
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -248,7 +249,9 @@ def load_clip(
                 image_resize_mode=source.preprocess.get("resize_mode"),
                 weights_only=True,
             )
-    except (RuntimeError, KeyError, ValueError, OSError, SafetensorError) as exc:
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        # (torch.load with weights_only raises UnpicklingError for a file that is no checkpoint, or one that would
+        # need code to load)
         if source.weights is None:
             raise
         # torch's load_state_dict error spans lines ("Error(s) in loading state_dict for CLIP:", then each key):

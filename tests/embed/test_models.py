@@ -245,3 +245,13 @@ def test_text_tower_on_the_batch_length_equals_the_full_context(tiny_name, which
         with torch.inference_mode():
             full, trimmed = model.network.encode_text(tokens), _encode_text(model.network, tokens)
         assert torch.allclose(full, trimmed, atol=1e-6), (captions, (full - trimmed).abs().max())
+
+
+@pytest.mark.parametrize("data", [b"not a checkpoint", b"", b"\x80\x04\x95"])
+def test_a_pt_checkpoint_that_is_not_one_is_one_line(tiny_name, tmp_path, data):
+    # torch.load(weights_only=True) raises UnpicklingError (or EOFError) for such files: a DataError naming it.
+    path = tmp_path / "bad.pt"
+    path.write_bytes(data)
+    with pytest.raises(DataError) as info:
+        load_clip(tiny_name, str(path), device="cpu")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
