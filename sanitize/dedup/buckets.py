@@ -67,7 +67,6 @@ def assign_part(rows: ShardedRows, folder: str, plan: AssignPlan, p: int) -> Non
     ids, raws, invs = [], [], []
     labels: list[list[np.ndarray]] = [[] for _ in plan.centroids]
     hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    cut = plan.threshold - CANDIDATE_MARGIN
     for s in range(first, stop):
         raw = rows.read(s)
         start = int(plan.offsets[s])
@@ -81,7 +80,8 @@ def assign_part(rows: ShardedRows, folder: str, plan: AssignPlan, p: int) -> Non
             for c, centroids in enumerate(plan.centroids):
                 labels[c].append(np.argmax(projected @ centroids.T, axis=1).astype(np.int32))
             if len(plan.sample):
-                hits.append(_true_pairs(plan, block, distinct[i : i + len(block)] + start, cut))
+                hits.append(true_pairs(plan.queries, plan.sample, block, distinct[i : i + len(block)] + start,
+                                       plan.threshold))
         ids.append(distinct + start)
         raws.append(raw[distinct])
         invs.append(inv)
@@ -103,17 +103,18 @@ def assign_part(rows: ShardedRows, folder: str, plan: AssignPlan, p: int) -> Non
     atomic.write_json(Path(folder) / f"part_{p:05d}.done", {})
 
 
-def _true_pairs(plan: AssignPlan, block: np.ndarray, ids: np.ndarray, cut: float
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query position, a, b) of every pair between the recall sample and the unit rows `block` (row ids `ids`)
-    whose exact cosine is >= threshold, the sampled row itself left out (as `true_pairs_of_sample` finds them)."""
-    q, j = np.divmod(np.flatnonzero(plan.queries @ block.T >= cut), len(block))
-    not_self = ids[j] != plan.sample[q]
+def true_pairs(queries: np.ndarray, sample: np.ndarray, block: np.ndarray, ids: np.ndarray, threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query position, a, b) of every pair between the unit rows `queries` (row ids `sample`) and the unit rows
+    `block` (row ids `ids`) whose exact cosine is >= threshold, a sampled row itself left out (as
+    `true_pairs_of_sample` finds them)."""
+    q, j = np.divmod(np.flatnonzero(queries @ block.T >= threshold - CANDIDATE_MARGIN), len(block))
+    not_self = ids[j] != sample[q]
     q, j = q[not_self], j[not_self]
-    cos = np.einsum("ij,ij->i", plan.queries[q].astype(np.float64), block[j].astype(np.float64))
-    true = cos >= plan.threshold
+    cos = np.einsum("ij,ij->i", queries[q].astype(np.float64), block[j].astype(np.float64))
+    true = cos >= threshold
     q, j = q[true], ids[j[true]]
-    return q, np.minimum(plan.sample[q], j), np.maximum(plan.sample[q], j)
+    return q, np.minimum(sample[q], j), np.maximum(sample[q], j)
 
 
 def _pair_tasks(sizes: np.ndarray, bucket_rows: int, block_rows: int) -> list[tuple[int, int, int]]:

@@ -40,13 +40,14 @@ from sanitize.dedup.buckets import (
     _read_clusters,
     assign_part,
     split_parts,
+    true_pairs,
 )
 from sanitize.dedup.components import compact_ids
 from sanitize.dedup.defaults import DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, DEFAULT_BLOCK_ROWS
 from sanitize.dedup.parallel import TaskMap, thread_map
-from sanitize.dedup.recall import RecallEstimate, recall_from_sample
+from sanitize.dedup.recall import RecallEstimate
 from sanitize.dedup.run import _RECALL_STREAM, _PhaseClock, _stream_seed
 from sanitize.dedup.scan import scan_shards
 from sanitize.dedup.shards import ShardedRows, shard_offsets, unit_rows, write_node_rows
@@ -423,6 +424,8 @@ def _recall(rows: ShardedRows, index: DedupIndex, work: Path, sample: np.ndarray
     """Pair recall from `sample` (new distinct rows): its true pairs, found exhaustively among every earlier
     distinct row (the index's parts) and every new distinct row (all but the exact copies `members`), against the
     pairs the clusterings found, as the full dedup counts them."""
+    from sanitize.dedup.sharded import recall_of_true_pairs
+
     queries_rows = write_node_rows(rows, sample, work / "recall_rows", tasks)
     queries = queries_rows.unit(queries_rows.local_of(sample))
     sample_ids = sample + index.rows
@@ -431,27 +434,7 @@ def _recall(rows: ShardedRows, index: DedupIndex, work: Path, sample: np.ndarray
     found += tasks(_true_pairs_in_shard, list(range(len(rows.shard_sizes()))),
                    (rows, queries, sample_ids, members, threshold, index.rows))
     q, a, b = (np.concatenate([np.empty(0, np.int64)] + [f[k] for f in found]) for k in range(3))
-    order = np.lexsort((q, b, a))  # a pair of two sampled rows goes to the first of them
-    q, a, b = q[order], a[order], b[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    q, a, b = q[first], a[first], b[first]
-    fo = np.lexsort((found_b, found_a))
-    fa, fb = found_a[fo], found_b[fo]
-    lo, hi = np.searchsorted(fa, a, side="left"), np.searchsorted(fa, a, side="right")
-    hit = np.array([bool(np.any(fb[i:j] == bi)) for i, j, bi in zip(lo, hi, b, strict=True)], dtype=bool)
-    return recall_from_sample(q, hit, len(sample), exact=len(sample) == n_distinct)
-
-
-def _hits(queries: np.ndarray, sample_ids: np.ndarray, ids: np.ndarray, x: np.ndarray, threshold: float
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q, j = np.divmod(np.flatnonzero(queries @ x.T >= threshold - CANDIDATE_MARGIN), len(x))
-    not_self = ids[j] != sample_ids[q]
-    q, j = q[not_self], j[not_self]
-    cos = np.einsum("ij,ij->i", queries[q].astype(np.float64), x[j].astype(np.float64))
-    true = cos >= threshold
-    q, other = q[true], ids[j[true]]
-    return q, np.minimum(sample_ids[q], other), np.maximum(sample_ids[q], other)
+    return recall_of_true_pairs(q, a, b, found_a, found_b, len(sample), exact=len(sample) == n_distinct)
 
 
 def _true_pairs_in_part(folder: str, queries: np.ndarray, sample_ids: np.ndarray, threshold: float, p: int
@@ -463,7 +446,7 @@ def _true_pairs_in_part(folder: str, queries: np.ndarray, sample_ids: np.ndarray
     out = []
     for i in range(0, len(ids), 65536):
         x = np.asarray(raw[i : i + 65536], dtype=np.float32) * inv[i : i + 65536, None]
-        out.append(_hits(queries, sample_ids, ids[i : i + 65536], x, threshold))
+        out.append(true_pairs(queries, sample_ids, x, ids[i : i + 65536], threshold))
     del raw
     return tuple(np.concatenate([np.empty(0, np.int64)] + [o[k] for o in out]) for k in range(3))
 
@@ -475,4 +458,4 @@ def _true_pairs_in_shard(rows: ShardedRows, queries: np.ndarray, sample_ids: np.
     raw = rows.read(s)
     distinct = np.setdiff1d(np.arange(start, start + len(raw), dtype=np.int64), members, assume_unique=True)
     unit, _ = unit_rows(raw[distinct - start])
-    return _hits(queries, sample_ids, distinct + offset, unit, threshold)
+    return true_pairs(queries, sample_ids, unit, distinct + offset, threshold)

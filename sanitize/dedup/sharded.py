@@ -475,7 +475,14 @@ def _recall(work: _Workdir, n_parts: int, found_a: np.ndarray, found_b: np.ndarr
     """Share of the sampled distinct rows' true pairs (found by the assign tasks) that the clusterings found."""
     parts = [np.load(work / f"parts/part_{p:05d}" / "recall.npz") for p in range(n_parts)]
     q, a, b = (np.concatenate([part[k] for part in parts]) for k in "qab")
-    order = np.lexsort((q, b, a))  # a pair of two sampled rows goes to the first of them, as in memory
+    return recall_of_true_pairs(q, a, b, found_a, found_b, n_queries, exact=n_queries == n_distinct)
+
+
+def recall_of_true_pairs(q: np.ndarray, a: np.ndarray, b: np.ndarray, found_a: np.ndarray, found_b: np.ndarray,
+                         n_queries: int, *, exact: bool) -> RecallEstimate:
+    """The recall estimate from the sample's true pairs (query q, pair a < b; a pair may come twice) and the pairs
+    found (found_a, found_b): each true pair once, credited to the first of its sampled rows, as in memory."""
+    order = np.lexsort((q, b, a))
     q, a, b = q[order], a[order], b[order]
     first = np.ones(len(a), dtype=bool)
     first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
@@ -486,4 +493,4 @@ def _recall(work: _Workdir, n_parts: int, found_a: np.ndarray, found_b: np.ndarr
     lo = np.searchsorted(fa, a, side="left")
     hi = np.searchsorted(fa, a, side="right")
     hit = np.array([bool(np.any(fb[i:j] == b_i)) for i, j, b_i in zip(lo, hi, b, strict=True)], dtype=bool)
-    return recall_from_sample(q, hit, n_queries, exact=n_queries == n_distinct)
+    return recall_from_sample(q, hit, n_queries, exact=exact)

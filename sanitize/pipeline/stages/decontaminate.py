@@ -15,6 +15,7 @@ rows × reference rows × dimension multiply-adds. Opt-in: add
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -177,13 +178,18 @@ def decontaminate_folder(source: str | os.PathLike, out: str | os.PathLike, conf
     return stats
 
 
+@functools.lru_cache(maxsize=2)
+def _indexed(against: tuple[str, ...], dim: int) -> list[tuple[Reference, Any]]:
+    """The reference sets with their FAISS indexes, loaded once per process (every part's task searches them)."""
+    return [(ref, ref.index()) for ref in load_references(against, dim=dim)]
+
+
 def _decontaminate_part(source: str, embedding_col: str | None, id_col: str | None, out: str,
                         config: DecontaminateConfig, part: int) -> None:
     """One task of `decontaminate_folder`: part `part`'s matches, then its decisions (written last)."""
     embeddings = open_embeddings(source, embedding_col=embedding_col, id_col=id_col)
     shard = embeddings.read_shard(part)
-    indexed = [(ref, ref.index()) for ref in load_references(config.against, dim=shard.img_emb.shape[1])]
-    matches = shard_matches(shard.img_emb, indexed, config.threshold)
+    matches = shard_matches(shard.img_emb, _indexed(config.against, shard.img_emb.shape[1]), config.threshold)
     atomic.write_parquet(Path(out) / "matches" / f"{part:05d}.parquet", pa.table({
         "uid": pa.array([str(shard.uids[m[0]]) for m in matches], pa.string()),
         "ref_set": pa.array([m[1] for m in matches], pa.string()),
