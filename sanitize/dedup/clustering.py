@@ -20,7 +20,9 @@ from sanitize.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-ASSIGN_BATCH_ROWS = 16384  # × 1000 centroids: 64 MB of similarities per worker
+# × 1000 centroids: 16 MB of similarities per worker. Small enough that the allocator reuses the block's float32
+# temporaries (fresh pages for larger ones cost as much as the products); measured 20% faster than 16384 here.
+ASSIGN_BATCH_ROWS = 4096
 PROJECTION_SAMPLE_ROWS = 16384
 # Below this many rows per cluster the per-cluster matrix products are too small to run at BLAS speed,
 # and the partition buys nothing over one exact pass.
@@ -79,10 +81,14 @@ def project(block: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     """Rows of `block` projected (when `projection` is given) and scaled back to unit length."""
     if projection is None:
         return block
-    out = block @ projection
-    norms = row_norms(out)[:, None]
-    out /= np.maximum(norms, 1e-12)  # a row orthogonal to the subspace stays zero, matching no centroid better
-    return out
+    return unit_length(block @ projection)
+
+
+def unit_length(projected: np.ndarray) -> np.ndarray:
+    """`projected` (float32 rows) scaled to unit length in place, and returned; an all-zero row stays zero."""
+    norms = row_norms(projected)[:, None]
+    projected /= np.maximum(norms, 1e-12)  # a row orthogonal to the subspace stays zero, matching no centroid better
+    return projected
 
 
 def train_centroids(
@@ -152,18 +158,41 @@ def assign_clusters(
     to the lower centroid number. On a FAISS GPU the search runs there instead. `task_map` (default
     `thread_map`) runs the batches, e.g. as Ray tasks; the result does not depend on it.
     """
+    return assign_to_clusterings(x, [centroids], rows=rows, batch_rows=batch_rows, projection=projection,
+                                 workers=workers, task_map=task_map)[0]
+
+
+def assign_to_clusterings(
+    x: UnitRows | np.ndarray,
+    centroid_sets: list[np.ndarray],
+    *,
+    rows: np.ndarray | None = None,
+    batch_rows: int = ASSIGN_BATCH_ROWS,
+    projection: np.ndarray | None = None,
+    workers: int | None = None,
+    task_map: TaskMap | None = None,
+) -> list[np.ndarray]:
+    """`assign_clusters` for several clusterings sharing one projection, in one read of the rows: for each
+    (k_c, dims) array of `centroid_sets`, the (len(rows),) int32 nearest centroids. Each batch is read, converted
+    and projected once for all of them; each result equals `assign_clusters` with that clustering alone."""
     n_rows = len(x) if rows is None else len(rows)
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    centroid_sets = [np.ascontiguousarray(c, dtype=np.float32) for c in centroid_sets]
     starts = range(0, n_rows, batch_rows)
     if faiss_gpu_count() > 0:
-        gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(centroids.shape[1]))
-        gpu_index.add(centroids)
-        batches = [gpu_index.search(_batch(x, rows, projection, batch_rows, start), 1)[1][:, 0].astype(np.int32)
-                   for start in starts]
+        indexes = []
+        for centroids in centroid_sets:
+            gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(centroids.shape[1]))
+            gpu_index.add(centroids)
+            indexes.append(gpu_index)
+        batches = []
+        for start in starts:
+            block = _batch(x, rows, projection, batch_rows, start)
+            batches.append([index.search(block, 1)[1][:, 0].astype(np.int32) for index in indexes])
     else:
         batches = (task_map or thread_map)(_nearest_centroids, list(starts),
-                                           (x, centroids, rows, projection, batch_rows), workers)
-    return np.concatenate(batches) if batches else np.empty(0, dtype=np.int32)
+                                           (x, centroid_sets, rows, projection, batch_rows), workers)
+    return [np.concatenate([batch[c] for batch in batches]) if batches else np.empty(0, dtype=np.int32)
+            for c in range(len(centroid_sets))]
 
 
 def _batch(x, rows: np.ndarray | None, projection: np.ndarray | None, batch_rows: int, start: int) -> np.ndarray:
@@ -173,8 +202,8 @@ def _batch(x, rows: np.ndarray | None, projection: np.ndarray | None, batch_rows
     return project(x[start:stop] if rows is None else x[rows[start:stop]], projection)
 
 
-def _nearest_centroids(x, centroids: np.ndarray, rows: np.ndarray | None, projection: np.ndarray | None,
-                       batch_rows: int, start: int) -> np.ndarray:
-    """One task of `assign_clusters`: nearest centroid of the batch starting at `start`."""
+def _nearest_centroids(x, centroid_sets: list[np.ndarray], rows: np.ndarray | None, projection: np.ndarray | None,
+                       batch_rows: int, start: int) -> list[np.ndarray]:
+    """One task of `assign_to_clusterings`: each clustering's nearest centroids of the batch starting at `start`."""
     block = _batch(x, rows, projection, batch_rows, start)
-    return np.argmax(block @ centroids.T, axis=1).astype(np.int32)
+    return [np.argmax(block @ centroids.T, axis=1).astype(np.int32) for centroids in centroid_sets]

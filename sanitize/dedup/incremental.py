@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sanitize.dedup.bound import block_hits
 from sanitize.dedup.buckets import (
     BUCKET_ROWS,
     MIN_BUCKETS,
@@ -365,10 +366,7 @@ def _block_pairs(xi: np.ndarray, xj: np.ndarray, threshold: float, *, upper: boo
                  ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
     """((i, j, cosine) of the pairs of unit rows xi × xj with exact cosine >= threshold (i < j when `upper`: a
     block against itself), candidates nominated by the float32 product)."""
-    li, lj = np.divmod(np.flatnonzero(xi @ xj.T >= threshold - CANDIDATE_MARGIN), len(xj))
-    if upper:
-        keep = li < lj
-        li, lj = li[keep], lj[keep]
+    li, lj, _ = block_hits(xi, xj, threshold - CANDIDATE_MARGIN, same=upper)
     cos = np.einsum("ij,ij->i", xi[li].astype(np.float64), xj[lj].astype(np.float64))
     true = cos >= threshold
     return (li[true], lj[true], cos[true]), len(li)

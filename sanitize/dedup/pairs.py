@@ -1,9 +1,11 @@
 """Every pair of rows with cosine >= threshold inside each cluster, on bounded matrix blocks.
 
 A cluster of m rows is searched with (block × block) matrix products, so memory stays at a few
-block² floats even when one cluster holds a fifth of the data. The products only nominate candidates (with
-a small margin below the threshold); `confirm_pairs` then decides each candidate by its exact cosine
-(`pair_cosines`), so the answer does not depend on block sizes, thread counts or the device.
+block² floats even when one cluster holds a fifth of the data. With the clusterings' projection, each block is
+searched on the projected-space bound first (`sanitize.dedup.bound`: a quarter of the arithmetic, the same pairs).
+The products only nominate candidates (with a small margin below the threshold); `confirm_pairs` then decides each
+candidate by its exact cosine (`pair_cosines`), so the answer does not depend on block sizes, thread counts, the
+bound or the device.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 
 import numpy as np
 
+from sanitize.dedup.bound import block_hits, bound_rows
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 from sanitize.errors import ConfigError
@@ -32,6 +35,7 @@ def within_cluster_candidates(
     block_rows: int = DEFAULT_BLOCK_ROWS,
     workers: int | None = None,
     task_map: TaskMap | None = None,
+    projection: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidate pairs (a < b, global row ids, int64) in the same cluster with cosine >= threshold - margin.
 
@@ -39,7 +43,8 @@ def within_cluster_candidates(
     sorted, default all rows). Contains every same-cluster pair whose exact cosine is >= threshold, plus
     possibly a few just below; pass the result to `confirm_pairs`. Runs on `workers` threads (default: all
     cores) or as `task_map`'s tasks (default `thread_map`); memory: O(workers · block_rows²) floats. The output
-    order does not depend on `workers` or `task_map`.
+    order does not depend on `workers` or `task_map`. `projection`: the clusterings' (d, p) projection, to search
+    each block on the projected-space bound first (`sanitize.dedup.bound`); the candidates are the same.
     """
     rows = np.arange(len(labels), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     order = np.argsort(labels, kind="stable")  # within a cluster, ascending row id
@@ -54,37 +59,45 @@ def within_cluster_candidates(
         for i0 in range(0, stop - start, block_rows)
     ]
     cut = threshold - CANDIDATE_MARGIN
-    found = (task_map or thread_map)(_block_row_task, tasks, (x, cut, block_rows), workers)
+    found = (task_map or thread_map)(_block_row_task, tasks, (x, cut, block_rows, projection), workers)
     if not found:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])
 
 
-def _block_row_task(x, cut: float, block_rows: int, task: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+def _block_row_task(x, cut: float, block_rows: int, projection: np.ndarray | None, task: tuple[np.ndarray, int]
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """One task of `within_cluster_candidates`: (ids of one cluster, first row of the block)."""
-    return _block_row_pairs(x, task[0], task[1], cut, block_rows)
+    return _block_row_pairs(x, task[0], task[1], cut, block_rows, projection)
 
 
-def _block_row_pairs(x, ids: np.ndarray, i0: int, cut: float, block_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_row_pairs(x, ids: np.ndarray, i0: int, cut: float, block_rows: int, projection: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (a, b) between block ids[i0 : i0 + block_rows] and itself or any later block of `ids`.
 
     `ids` ascending, so a < b for every pair.
     """
     ids_i = ids[i0 : i0 + block_rows]
     xi = x[ids_i]
+    bi = None if projection is None else bound_rows(xi, projection)
     found_a, found_b = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
     for j0 in range(i0, len(ids), block_rows):
-        ids_j = ids_i if j0 == i0 else ids[j0 : j0 + block_rows]
-        xj = xi if j0 == i0 else x[ids_j]
-        sims = xi @ xj.T
-        flat = np.flatnonzero(sims >= cut)  # few hits: flat indices are far cheaper than 2-D nonzero
-        li, lj = np.divmod(flat, len(ids_j))
         if j0 == i0:
-            upper = li < lj
-            li, lj = li[upper], lj[upper]
+            ids_j, xj, bj = ids_i, xi, bi
+        else:
+            ids_j = ids[j0 : j0 + block_rows]
+            xj = x[ids_j]
+            bj = None if projection is None else bound_rows(xj, projection)
+        li, lj, _ = block_hits(xi, xj, cut, same=j0 == i0, bi=bi, bj=bj)
         found_a.append(ids_i[li])
         found_b.append(ids_j[lj])
     return np.concatenate(found_a), np.concatenate(found_b)
+
+
+def same_cluster_pairs(sizes: np.ndarray) -> int:
+    """Pairs of rows that share a cluster, given the rows per cluster: what a clustering's pair search compares."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return int((sizes * (sizes - 1) // 2).sum())
 
 
 def confirm_pairs(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sanitize import intervals
+from sanitize.dedup.bound import block_hits, bound_rows
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, pair_keys
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
@@ -56,20 +57,22 @@ def true_pairs_of_sample(
     block_rows: int = SEARCH_BLOCK_ROWS,
     workers: int | None = None,
     task_map: TaskMap | None = None,
+    projection: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (sampled row, any row in `rows`) with exact cosine >= threshold, by exhaustive search.
 
     Returns (query, a, b): for each pair the position in `sample` of the row that found it, and the pair
     as a < b global row ids, sorted. A pair between two sampled rows appears once, credited to the first.
     Cost: len(sample) × len(rows) dot products on `workers` threads (default: all cores) or as `task_map`'s
-    tasks; memory: per worker one block of `block_rows` rows and its similarities to the sample.
+    tasks; memory: per worker one block of `block_rows` rows and its similarities to the sample. `projection`:
+    search each block on the projected-space bound first (`sanitize.dedup.bound`; same pairs).
     """
     rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     queries = x[sample]
     cut = threshold - CANDIDATE_MARGIN
 
     found = (task_map or thread_map)(_search_block, list(range(0, len(rows), block_rows)),
-                                     (x, queries, rows, cut, block_rows), workers)
+                                     (x, queries, rows, cut, block_rows, projection), workers)
     q = np.concatenate([q for q, _ in found])
     j = np.concatenate([j for _, j in found])
     not_self = j != sample[q]
@@ -87,12 +90,13 @@ def true_pairs_of_sample(
     return q[first], a[first], b[first]
 
 
-def _search_block(x, queries: np.ndarray, rows: np.ndarray, cut: float, block_rows: int, start: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _search_block(x, queries: np.ndarray, rows: np.ndarray, cut: float, block_rows: int,
+                  projection: np.ndarray | None, start: int) -> tuple[np.ndarray, np.ndarray]:
     """One task of `true_pairs_of_sample`: (query position, row id) of every hit in one block of rows."""
     ids = rows[start : start + block_rows]
-    hits = np.flatnonzero(queries @ x[ids].T >= cut)
-    q, j = np.divmod(hits, len(ids))
+    block = x[ids]
+    bounds = (None, None) if projection is None else (bound_rows(queries, projection), bound_rows(block, projection))
+    q, j, _ = block_hits(queries, block, cut, same=False, bi=bounds[0], bj=bounds[1])
     return q, ids[j]
 
 
@@ -107,12 +111,13 @@ def sampled_pair_recall(
     confidence: float = 0.95,
     workers: int | None = None,
     task_map: TaskMap | None = None,
+    projection: np.ndarray | None = None,
 ) -> RecallEstimate:
     """Estimate the share of true pairs among `rows` (default all) that `found_keys` contains.
 
     `found_keys`: `pair_keys` of the pairs found. Samples min(sample_size, len(rows)) rows with `seed`,
-    finds their true pairs exactly (`true_pairs_of_sample`) and reports the found share with a Wilson
-    interval on the effective number of trials.
+    finds their true pairs exactly (`true_pairs_of_sample`, on the bound of `projection` when given) and reports
+    the found share with a Wilson interval on the effective number of trials.
     """
     rows = np.arange(len(x), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
     if sample_size < 1:
@@ -120,7 +125,8 @@ def sampled_pair_recall(
     m = min(sample_size, len(rows))
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(rows, size=m, replace=False))
-    q, a, b = true_pairs_of_sample(x, sample, threshold, rows=rows, workers=workers, task_map=task_map)
+    q, a, b = true_pairs_of_sample(x, sample, threshold, rows=rows, workers=workers, task_map=task_map,
+                                   projection=projection)
     hit = np.isin(pair_keys(a, b, len(x)), found_keys)
     return recall_from_sample(q, hit, m, exact=m == len(rows), confidence=confidence)
 

@@ -4,8 +4,8 @@
 
 1. `_check_options`, `_checked_input`: options and rows are valid; unit-length view, keep priority.
 2. `_exact_path`: byte-equal or hash-equal rows pair up without any search.
-3. `_clustering_passes`: one k-means clustering after another over the distinct rows, each resumed from its
-   checkpoint when saved there (`_resumable_clustering`, `_one_clustering`).
+3. `_clustering_passes`: k-means clusterings of the distinct rows, each resumed from its checkpoint when saved
+   there; the others trained, assigned in one read of the rows for all of them (`_assign_pending`), and searched.
 4. `_union_pairs`, then `decide_groups`: confirmed pairs of all passes, grouped, one row kept per group.
 5. `_recall_check`: exhaustive search of a row sample, to estimate the share of true pairs found.
 6. `_result_tables`, `_result_stats`: the `DedupResult`.
@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from sanitize.dedup.checkpoint import data_fingerprint, load_clustering, save_clustering
 from sanitize.dedup.clustering import (
-    assign_clusters,
+    assign_to_clusterings,
     default_n_clusters,
     faiss_gpu_count,
     fit_projection,
@@ -35,7 +35,7 @@ from sanitize.dedup.clustering import (
 from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
-from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, within_cluster_candidates
+from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, same_cluster_pairs, within_cluster_candidates
 from sanitize.dedup.parallel import TaskMap
 from sanitize.dedup.recall import RecallEstimate, sampled_pair_recall
 from sanitize.dedup.vectors import UnitRows, checked_unit_rows, pair_cosines
@@ -217,7 +217,7 @@ def find_duplicates(
 
     recall = None
     if recall_sample > 0:
-        recall = _recall_check(view, pairs, exact.reps, options)
+        recall = _recall_check(view, pairs, exact.reps, projection, options)
         clock.lap("recall")
         _log_recall(recall)
         report("recall", 1, 1)
@@ -277,17 +277,68 @@ def _clustering_passes(
     x: np.ndarray, view: UnitRows, exact: _ExactPath, k: int, projection: np.ndarray | None, options: _Options,
     report: Progress,
 ) -> tuple[list[np.ndarray], list[dict]]:
-    """Phase 3: for each of the `n_clusterings` clusterings, the `pair_keys` of its candidates and its stats."""
+    """Phase 3: for each of the `n_clusterings` clusterings, the `pair_keys` of its candidates and its stats.
+
+    Clusterings saved in the checkpoint folder are loaded; the others are trained one after another, their rows
+    assigned in one read for all of them (`assign_to_clusterings`), then searched one by one, each saved as it
+    finishes.
+    """
+    n, folder = options.n_clusterings, options.checkpoint_dir
     key_base = _checkpoint_key(x, exact.rep, k, options)
+    seeds = [_stream_seed(options.seed, _CLUSTERING_STREAM, c) for c in range(n)]
+    keys = [{**key_base, "clustering": c, "seed": seeds[c]} for c in range(n)]
+    saved = [load_clustering(folder, c, keys[c]) if folder is not None else None for c in range(n)]
+    pending = [c for c in range(n) if saved[c] is None]
+    labels, train_seconds, assign_seconds = _assign_pending(view, exact.reps, k, projection, seeds, pending, options)
     candidate_keys, clustering_stats = [], []
-    for c in range(options.n_clusterings):
-        ca, cb, info = _resumable_clustering(c, view, exact.reps, k, projection, key_base, options)
+    for c in range(n):
+        if saved[c] is None:
+            t0 = time.perf_counter()
+            ca, cb = within_cluster_candidates(view, labels[c], options.threshold, rows=exact.reps,
+                                               block_rows=options.block_rows, workers=options.workers,
+                                               task_map=options.task_map, projection=projection)
+            pairs_seconds = time.perf_counter() - t0
+            if folder is not None:
+                save_clustering(folder, c, keys[c], ca, cb)
+            timings = {"train_seconds": train_seconds[c], "assign_seconds": assign_seconds,
+                       "pairs_seconds": pairs_seconds, "seconds": train_seconds[c] + assign_seconds + pairs_seconds,
+                       **_cluster_sizes(labels.pop(c))}
+        else:
+            (ca, cb), timings = saved[c], {"seconds": 0.0}
+        info = {"index": c, "seed": seeds[c], "resumed": saved[c] is not None, "candidates": len(ca), **timings}
         candidate_keys.append(pair_keys(ca, cb, len(view)))
         clustering_stats.append(info)
-        logger.info("clustering %d/%d: %d candidate pairs in %.1f s", c + 1, options.n_clusterings, len(ca),
-                    info["seconds"])
-        report("clustering", c + 1, options.n_clusterings)
+        logger.info("clustering %d/%d: %d candidate pairs in %.1f s", c + 1, n, len(ca), info["seconds"])
+        report("clustering", c + 1, n)
     return candidate_keys, clustering_stats
+
+
+def _cluster_sizes(labels: np.ndarray) -> dict[str, int]:
+    """The largest cluster's rows and the pairs of rows that share a cluster (what the pair search compares)."""
+    sizes = np.bincount(labels)
+    return {"largest_cluster_rows": int(sizes.max()), "same_cluster_pairs": same_cluster_pairs(sizes)}
+
+
+def _assign_pending(
+    view: UnitRows, reps: np.ndarray, k: int, projection: np.ndarray | None, seeds: list[int], pending: list[int],
+    options: _Options,
+) -> tuple[dict[int, np.ndarray], dict[int, float], float]:
+    """Centroids of each pending clustering (trained on its own sample), then every distinct row's cluster in each,
+    in one read. Returns the labels and training seconds by clustering, and the assignment's seconds per clustering.
+    """
+    centroids, train_seconds = {}, {}
+    for c in pending:
+        t0 = time.perf_counter()
+        centroids[c] = train_centroids(view, k, rows=reps, seed=seeds[c], projection=projection,
+                                       max_points_per_centroid=options.max_points_per_centroid,
+                                       n_iter=options.kmeans_iterations)
+        train_seconds[c] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    all_rows = len(reps) == len(view)
+    labels = assign_to_clusterings(view, [centroids[c] for c in pending], rows=None if all_rows else reps,
+                                   projection=projection, workers=options.workers, task_map=options.task_map)
+    assign_seconds = (time.perf_counter() - t0) / max(len(pending), 1)
+    return dict(zip(pending, labels, strict=True)), train_seconds, assign_seconds
 
 
 def _checkpoint_key(x: np.ndarray, exact_rep: np.ndarray, k: int, options: _Options) -> dict:
@@ -300,50 +351,6 @@ def _checkpoint_key(x: np.ndarray, exact_rep: np.ndarray, k: int, options: _Opti
         "kmeans_iterations": int(options.kmeans_iterations),
         "clustering_dims": None if options.clustering_dims is None else int(options.clustering_dims),
     }
-
-
-def _resumable_clustering(
-    c: int, view: UnitRows, reps: np.ndarray, k: int, projection: np.ndarray | None, key_base: dict,
-    options: _Options,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Clustering `c`: candidate pairs (a, b) and stats, loaded from its checkpoint or computed (and saved)."""
-    c_seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
-    key = {**key_base, "clustering": c, "seed": c_seed}
-    folder = options.checkpoint_dir
-    saved = load_clustering(folder, c, key) if folder is not None else None
-    if saved is None:
-        ca, cb, timings = _one_clustering(view, reps, k, c_seed, projection, options)
-        if folder is not None:
-            save_clustering(folder, c, key, ca, cb)
-    else:
-        (ca, cb), timings = saved, {"seconds": 0.0}
-    info = {"index": c, "seed": c_seed, "resumed": saved is not None, "candidates": len(ca), **timings}
-    return ca, cb, info
-
-
-def _one_clustering(
-    view: UnitRows, reps: np.ndarray, k: int, seed: int, projection: np.ndarray | None, options: _Options
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Train, assign and search one clustering of the distinct rows `reps`: candidate pairs and timings."""
-    t0 = time.perf_counter()
-    centroids = train_centroids(view, k, rows=reps, seed=seed, max_points_per_centroid=options.max_points_per_centroid,
-                                n_iter=options.kmeans_iterations, projection=projection)
-    t1 = time.perf_counter()
-    all_rows = len(reps) == len(view)
-    labels = assign_clusters(view, centroids, rows=None if all_rows else reps, projection=projection,
-                             workers=options.workers, task_map=options.task_map)
-    t2 = time.perf_counter()
-    a, b = within_cluster_candidates(view, labels, options.threshold, rows=reps, block_rows=options.block_rows,
-                                     workers=options.workers, task_map=options.task_map)
-    t3 = time.perf_counter()
-    info = {
-        "train_seconds": t1 - t0,
-        "assign_seconds": t2 - t1,
-        "pairs_seconds": t3 - t2,
-        "seconds": t3 - t0,
-        "largest_cluster_rows": int(np.bincount(labels).max()),
-    }
-    return a, b, info
 
 
 def _pass_seconds(clustering_stats: list[dict]) -> dict[str, float]:
@@ -366,13 +373,14 @@ def _union_pairs(view: UnitRows, exact: _ExactPath, candidate_keys: list[np.ndar
     return _UnitedPairs(a=a[confirmed], b=b[confirmed], cosine=cosine[confirmed], source=source[confirmed])
 
 
-def _recall_check(view: UnitRows, pairs: _UnitedPairs, reps: np.ndarray, options: _Options) -> RecallEstimate:
+def _recall_check(view: UnitRows, pairs: _UnitedPairs, reps: np.ndarray, projection: np.ndarray | None,
+                  options: _Options) -> RecallEstimate:
     """Phase 5: share of the true pairs among the distinct rows that the clusterings found (exact pairs aside)."""
     found = pairs.source != EXACT
     return sampled_pair_recall(view, pair_keys(pairs.a[found], pairs.b[found], len(view)), options.threshold,
                                rows=reps, sample_size=options.recall_sample,
                                seed=_stream_seed(options.seed, _RECALL_STREAM, 0), workers=options.workers,
-                               task_map=options.task_map)
+                               task_map=options.task_map, projection=projection)
 
 
 def _result_tables(pairs: _UnitedPairs, decisions: GroupDecisions) -> tuple[pa.Table, pa.Table]:

@@ -64,7 +64,8 @@ from sanitize.io import atomic
 
 logger = logging.getLogger(__name__)
 
-LAYOUT = 1  # version of the workdir's files
+LAYOUT = 2  # version of the workdir's files
+_PAIR_COUNTS = ("candidates", "largest_cluster_rows", "same_cluster_pairs")  # saved with each clustering's pairs
 
 Progress = Callable[[str, int, int], None]
 
@@ -194,7 +195,7 @@ def find_duplicates_sharded(
     clock.lap("assign")
     pair_sets, clustering_stats = [], []
     for c in range(n_clusterings):
-        pairs_c, info = _clustering_pairs(c, work, len(parts), k, options, bucket_rows, tasks)
+        pairs_c, info = _clustering_pairs(c, work, len(parts), k, projection, options, bucket_rows, tasks)
         pair_sets.append(pairs_c)
         clustering_stats.append({**info, "train_seconds": train_seconds[c],
                                  "seconds": train_seconds[c] + info["pairs_seconds"]})
@@ -369,25 +370,24 @@ def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int,
     return centroids, seconds
 
 
-def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, options: _Options, bucket_rows: int,
-                      tasks: TaskMap) -> tuple[tuple, dict]:
+def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, projection: np.ndarray | None,
+                      options: _Options, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
     """Clustering `c`'s confirmed pairs (a, b, cosine), sorted by (a, b), saved in the workdir; and its stats."""
     name = f"clustering_{c:03d}"
     seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
     if work.done(name):
         saved = np.load(work / f"{name}.npz")
-        info = {"index": c, "seed": seed, "resumed": True, "candidates": int(saved["candidates"]),
-                "pairs_seconds": 0.0, "largest_cluster_rows": int(saved["largest"])}
-        return (saved["a"], saved["b"], saved["cosine"]), info
+        counts = {key: int(saved[key]) for key in _PAIR_COUNTS}
+        return (saved["a"], saved["b"], saved["cosine"]), {"index": c, "seed": seed, "resumed": True,
+                                                            "pairs_seconds": 0.0, **counts}
     t0 = time.perf_counter()
-    a, b, cos, candidates, largest = search_pairs(work / "parts", c, n_parts, k, options.threshold,
-                                                  options.block_rows, bucket_rows, tasks)
-    atomic.write_npz(work / f"{name}.npz", {"a": a, "b": b, "cosine": cos, "candidates": np.int64(candidates),
-                                            "largest": np.int64(largest)})
+    a, b, cos, counts = search_pairs(work / "parts", c, n_parts, k, options.threshold, options.block_rows,
+                                     bucket_rows, tasks, projection)
+    atomic.write_npz(work / f"{name}.npz", {"a": a, "b": b, "cosine": cos,
+                                            **{key: np.int64(counts[key]) for key in _PAIR_COUNTS}})
     work.mark(name)
-    info = {"index": c, "seed": seed, "resumed": False, "candidates": candidates,
-            "pairs_seconds": time.perf_counter() - t0, "largest_cluster_rows": largest}
-    return (a, b, cos), info
+    return (a, b, cos), {"index": c, "seed": seed, "resumed": False, "pairs_seconds": time.perf_counter() - t0,
+                         **counts}
 
 
 # -- phase 6: union and groups -------------------------------------------------------------------------------
