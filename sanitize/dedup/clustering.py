@@ -13,6 +13,7 @@ import math
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, row_norms
@@ -71,10 +72,17 @@ def fit_projection(
 def principal_directions(block: np.ndarray, dims: int) -> np.ndarray:
     """(d, dims) float32: the `dims` leading eigenvectors of the uncentred second moment of the unit rows
     `block` (float32), each signed so its largest component is positive. Same block, same bits."""
-    _, vectors = np.linalg.eigh((block.T @ block).astype(np.float64))  # ascending eigenvalues
+    with one_blas_thread():
+        _, vectors = np.linalg.eigh((block.T @ block).astype(np.float64))  # ascending eigenvalues
     top = vectors[:, ::-1][:, :dims]
     top *= np.where(top[np.abs(top).argmax(axis=0), np.arange(dims)] < 0, -1.0, 1.0)  # fix the sign
     return np.ascontiguousarray(top, dtype=np.float32)
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Context: BLAS on one thread, so a product on the driver (the PCA, the k-means samples' projection) has the same
+    bits whatever the machine's core count (the tasks' products already run one thread each)."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def project(block: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
@@ -114,7 +122,9 @@ def train_centroids(
     rng = np.random.default_rng(seed)
     n_train = min(len(rows), n_clusters * max_points_per_centroid)
     sample = np.sort(rng.choice(rows, size=n_train, replace=False)) if n_train < len(rows) else rows
-    return kmeans_centroids(project(x[sample], projection), n_clusters, seed=int(rng.integers(0, 2**31 - 1)),
+    with one_blas_thread():
+        train = project(x[sample], projection)
+    return kmeans_centroids(train, n_clusters, seed=int(rng.integers(0, 2**31 - 1)),
                             max_points_per_centroid=max_points_per_centroid, n_iter=n_iter)
 
 

@@ -142,9 +142,25 @@ class DedupIndex:
         return np.stack([np.load(self.parts / f"part_{p:05d}" / f"counts_{c:03d}.npy") for p in range(self.n_parts)])
 
     def uids(self, ids: np.ndarray) -> pa.Array:
-        """The uids of earlier rows `ids` (any order)."""
-        table = pq.read_table(self.path / "uids.parquet")
-        return table["uid"].combine_chunks().take(pa.array(np.asarray(ids, dtype=np.int64)))
+        """The uids of earlier rows `ids` (any order), in that order. Reads only the row groups of uids.parquet (one
+        or more per earlier shard) that hold them, one at a time: memory grows with `ids`, not with the index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        file = pq.ParquetFile(self.path / "uids.parquet")
+        sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        if len(ids) and (ids.min() < 0 or ids.max() >= starts[-1]):
+            raise DataError(f"{self.path / 'uids.parquet'}: holds {starts[-1]} rows, asked for row {ids.max()}")
+        order = np.argsort(ids, kind="stable")
+        group = np.searchsorted(starts, ids[order], side="right") - 1
+        chunks = [pa.array([], pa.string())]
+        for piece in np.split(np.arange(len(ids)), np.flatnonzero(np.diff(group)) + 1):
+            if len(piece):
+                g = int(group[piece[0]])
+                column = file.read_row_group(g, columns=["uid"])["uid"].combine_chunks()
+                chunks.append(column.take(pa.array(ids[order[piece]] - starts[g])).cast(pa.string()))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return pa.concat_arrays(chunks).take(pa.array(inverse))
 
 
 # -- the incremental run -------------------------------------------------------------------------------------

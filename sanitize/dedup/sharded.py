@@ -38,6 +38,7 @@ from sanitize.dedup.clustering import (
     default_n_clusters,
     faiss_gpu_count,
     kmeans_centroids,
+    one_blas_thread,
     principal_directions,
     project,
 )
@@ -362,7 +363,8 @@ def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int,
         if path.exists():
             centroids.append(np.load(path))
         else:
-            train = project(sample_rows.unit(sample_rows.local_of(ids)), projection)
+            with one_blas_thread():
+                train = project(sample_rows.unit(sample_rows.local_of(ids)), projection)
             centroids.append(kmeans_centroids(train, k, seed=seed, n_iter=options.kmeans_iterations,
                                               max_points_per_centroid=options.max_points_per_centroid))
             atomic.write_npy(path, centroids[-1])

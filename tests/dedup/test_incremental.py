@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from sanitize.dedup.incremental import DedupIndex, find_duplicates_since
 from sanitize.dedup.sharded import find_duplicates_sharded
 from sanitize.dedup.shards import ArrayShards
+from sanitize.errors import DataError
 from sanitize.testing.synthetic import clip_like
 from sanitize_cli.main import cli
 
@@ -133,3 +134,23 @@ def test_cli_since_refuses_bad_input_in_one_line(data, tmp_path):
         assert result.exit_code == code, (args, result.output)
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], result.output
+
+
+def test_index_uids_are_read_one_row_group_at_a_time(data, tmp_path, monkeypatch):
+    """`DedupIndex.uids` gives the uids of any earlier rows in the order asked, reading only the row groups (one per
+    earlier shard) that hold them; a row beyond the index is refused."""
+    uids = [f"u{i:05d}" for i in range(4000)]
+    find_duplicates_sharded(ArrayShards(data[:4000], 500, uids=uids), tmp_path / "work", threshold=THRESHOLD,
+                            n_clusterings=1, n_clusters=4, index_dir=tmp_path / "index")
+    index = DedupIndex.open(tmp_path / "index")
+    assert pq.ParquetFile(tmp_path / "index" / "uids.parquet").metadata.num_row_groups == 8
+    read = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group",
+                        lambda self, g, *args, **kwargs: read.append(g) or real(self, g, *args, **kwargs))
+    ids = np.array([3999, 7, 1200, 7, 501, 1999, 0])
+    assert index.uids(ids).to_pylist() == [uids[i] for i in ids]
+    assert sorted(read) == [0, 1, 2, 3, 7]
+    assert index.uids(np.array([], np.int64)).to_pylist() == []
+    with pytest.raises(DataError, match="holds 4000 rows"):
+        index.uids(np.array([4000]))
