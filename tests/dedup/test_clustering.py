@@ -70,3 +70,28 @@ def test_projection_is_orthonormal_seeded_and_keeps_the_structure(small_set):
     assert assign_clusters(rows, centroids, projection=p).max() < 5
     with pytest.raises(ConfigError, match="clustering_dims=129"):
         fit_projection(rows, 129)
+
+
+def test_kmeans_and_the_pca_run_blas_on_one_thread(monkeypatch):
+    """So the centroids do not depend on the machine's core count (FAISS's k-means gave other centroids with BLAS on
+    two threads than on one, on 1M rows): BLAS is on one thread while FAISS trains and while the PCA multiplies."""
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    from sanitize.dedup.clustering import kmeans_centroids, principal_directions
+
+    seen = []
+    real_train, real_eigh = faiss.Kmeans.train, np.linalg.eigh
+
+    def blas_threads():
+        return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+    monkeypatch.setattr(faiss.Kmeans, "train", lambda self, *a, **k: seen.append(blas_threads()) or
+                        real_train(self, *a, **k))
+    monkeypatch.setattr(np.linalg, "eigh", lambda *a, **k: seen.append(blas_threads()) or real_eigh(*a, **k))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    kmeans_centroids(x, 4, seed=1)
+    principal_directions(x, 4)
+    assert seen == [1, 1]
