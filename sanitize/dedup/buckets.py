@@ -29,6 +29,7 @@ PART_ROWS = 131072  # rows per assign task (and per part file): ~128 MB of float
 MIN_PARTS = 8  # at least this many parts when there are as many shards
 BUCKET_ROWS = 131072  # rows per pair-search task; a larger cluster is searched one block row per task
 MIN_BUCKETS = 16  # at least this many pair-search tasks (smaller buckets) on a small source
+TRY_BLOCKS = 8  # blocks a pair task searches on the bound before it judges whether the bound pays on its data
 
 
 def split_parts(sizes: list[int], part_rows: int) -> list[tuple[int, int]]:
@@ -184,21 +185,26 @@ def _bucket_on_bounds(folder: str, c: int, counts: np.ndarray, threshold: float,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """A bucket's pairs from its stored bound rows: only the bounds are read for every row; the rows themselves
     only for the pairs the bounds nominate, and for the whole of a cluster in which some block has too many
-    nominees to settle (that block is then searched in full)."""
+    nominees to settle (that block is then searched in full). Once the bounds have failed to settle more than half
+    of the task's blocks (after `TRY_BLOCKS`), the remaining blocks are searched in full at once (same pairs)."""
     cut = threshold - CANDIDATE_MARGIN
     got = _gather(folder, c, counts, q0, q1, ("ids", "bounds"))
     bounds = got["bounds"]
     starts = np.concatenate([[0], np.cumsum(counts[:, q0:q1].sum(axis=0))])
     nominated_a, nominated_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (a, b, float32 product) of blocks in full
+    tried = unsettled = 0
     for j in range(q1 - q0):
         lo, hi = int(starts[j]), int(starts[j + 1])
         cluster = bounds[lo:hi]
         unit = None  # the cluster's rows, read at its first block that the bounds do not settle
         for i0 in range(0, hi - lo, block_rows):
             for j0 in range(i0, hi - lo, block_rows):
-                bi, bj = cluster[i0 : i0 + block_rows], cluster[j0 : j0 + block_rows]
-                found = nominees(bi, bj, cut, same=j0 == i0)
+                found = None
+                if tried < TRY_BLOCKS or 2 * unsettled <= tried:  # else the bound has been wasted work here
+                    bi, bj = cluster[i0 : i0 + block_rows], cluster[j0 : j0 + block_rows]
+                    found = nominees(bi, bj, cut, same=j0 == i0)
+                    tried, unsettled = tried + 1, unsettled + (found is None)
                 if found is not None:
                     nominated_a.append(found[0] + lo + i0)
                     nominated_b.append(found[1] + lo + j0)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sanitize.dedup import bound, find_duplicates
 from sanitize.dedup.bound import block_hits, bound_rows, nominees
+from sanitize.dedup.buckets import TRY_BLOCKS
 from sanitize.dedup.clustering import fit_projection
 from sanitize.dedup.pairs import within_cluster_candidates
 from sanitize.dedup.recall import true_pairs_of_sample
@@ -245,3 +246,34 @@ def test_a_bucket_searched_on_stored_bounds_pairs_rows_of_one_cluster_only(tmp_p
     for proj in (projection, None):
         a, b, _, _ = _pair_task(str(tmp_path), 0, counts, 0.93, block_rows, proj, (0, 40, -1))
         assert set(zip(a.tolist(), b.tolist(), strict=True)) == set(zip(*np.nonzero(truth), strict=True))
+    # A bound that never settles a block: the task stops trying it after TRY_BLOCKS blocks; the same pairs.
+    calls = []
+    real = bound.nominees
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bound, "MAX_NOMINATED_SHARE", -1.0)
+        patch.setattr("sanitize.dedup.buckets.nominees", lambda *a, **k: calls.append(1) or real(*a, **k))
+        a, b, _, _ = _pair_task(str(tmp_path), 0, counts, 0.93, block_rows, projection, (0, 40, -1))
+    assert set(zip(a.tolist(), b.tolist(), strict=True)) == set(zip(*np.nonzero(truth), strict=True))
+    assert len(calls) == TRY_BLOCKS
+
+
+def test_recall_search_on_the_bound_settles_its_blocks_and_finds_the_same_pairs(monkeypatch):
+    """A small sample against large blocks, where the bound settles every block (the queries' bound rows against the
+    block's): the sampled rows' true pairs are those of the search in full dimension."""
+    x, projection = _low_rank(3000, seed=6)
+    sample = np.arange(0, 3000, 60)
+    settled = []
+    real = bound.block_hits
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        settled.append(out[2])
+        return out
+
+    monkeypatch.setattr("sanitize.dedup.recall.block_hits", counting)
+    got = true_pairs_of_sample(x, sample, 0.95, block_rows=1500, projection=projection)
+    assert settled == [True, True]
+    want = true_pairs_of_sample(x, sample, 0.95, block_rows=1500)
+    assert len(got[0]) > 5
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
