@@ -131,7 +131,7 @@ class EmbeddingSource:
         if self.kind == "clip-retrieval":
             shard = _read_clip_retrieval_part(index, part)
         elif self.kind == "npy":
-            x = _load_npy(part["img"])
+            x = load_npy(part["img"])
             shard = EmbeddingShard(index, str(part["img"]), np.arange(len(x)).astype(str), x)
         else:
             shard = _read_parquet_part(index, part["path"], self.embedding_col, self.id_col)
@@ -266,13 +266,13 @@ def _clip_retrieval_parts(folder: Path) -> list[dict]:
 
 
 def _read_clip_retrieval_part(index: int, part: dict) -> EmbeddingShard:
-    x = _load_npy(part["img"])
+    x = load_npy(part["img"])
     meta = read_parquet(part["meta"])
     if meta.num_rows != len(x):
         raise DataError(f"{part['img']}: {len(x)} rows but {part['meta']} has {meta.num_rows} rows")
     text = None
     if part.get("text") is not None:
-        text = _load_npy(part["text"])
+        text = load_npy(part["text"])
         if len(text) != len(x):
             raise DataError(f"{part['text']}: {len(text)} rows but {part['img']} has {len(x)} rows")
     canonical = canonical_table(meta, PRESETS["clip-retrieval"], path=part["meta"], shard=index)
@@ -367,7 +367,7 @@ def _guess_embedding_column(path: Path) -> str:
     raise DataError(f"{path}: no embedding column found (a list of floats); pass --embedding-col")
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path) -> np.ndarray:
     """Memory-map the 2-D float array of a .npy file, after checking its header against the file's size."""
     with reading(path, ".npy file", also=_NPY_HEADER_ERRORS):
         shape, dtype, data_start = _npy_header(path)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from sanitize.errors import DataError
 from sanitize.io.images import TarIndex, read_local
-from sanitize.io.manifest import read_parquet
+from sanitize.io.manifest import read_parquet, uid_column
 from sanitize.io.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ def metadata_rows(run: RunFolder, uids: np.ndarray | list[str], columns: tuple[s
     for path in metadata_files(run):
         names = pq.read_schema(path).names
         table = read_parquet(path, columns=["uid", *[c for c in columns if c in names]])
-        hit = pc.is_in(table["uid"], value_set=pa.array(sorted(wanted), type=table.schema.field("uid").type))
+        table = table.set_column(0, "uid", uid_column(table, "uid", path=path))  # uids as the pool spells them
+        hit = pc.is_in(table["uid"], value_set=pa.array(sorted(wanted), type=pa.string()))
         for row in table.filter(hit).to_pylist():
             found[row["uid"]] = row
     return found

@@ -37,7 +37,7 @@ import pyarrow as pa
 from sanitize import __version__
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
-from sanitize.io.manifest import Manifest, ManifestSpec, list_shard_files, read_parquet
+from sanitize.io.manifest import ColumnMap, Manifest, ManifestSpec, list_shard_files, read_parquet, read_schema
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,40 @@ def versions() -> dict[str, str]:
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _misshapen(info: dict[str, Any]) -> str | None:
+    """What in run.json's contents has a type no writer gives it (the first such key), or None: the keys that
+    readers index into are checked here once, so a hand-edited or corrupted file is one error naming the file."""
+    def kind(value: Any, *types: type) -> bool:
+        return isinstance(value, types) and not isinstance(value, bool)
+
+    stages = info.get("stages", {})
+    if not kind(stages, dict):
+        return "'stages' is not an object"
+    for name, entry in stages.items():
+        if not kind(entry, dict) or not all(kind(entry.get(k), str) for k in ("fingerprint", "role", "folder")) \
+                or not kind(entry.get("config"), dict) or not kind(entry.get("decisions"), dict) \
+                or not all(kind(path, str) for path in entry["decisions"].values()):
+            return f"stage entry {name!r} is misshapen"
+    manifest = info.get("manifest")
+    if manifest is not None:
+        columns = manifest.get("columns") if kind(manifest, dict) else None
+        if not kind(columns, dict) or not kind(manifest.get("path"), str) or not kind(manifest.get("preset"), str) \
+                or not kind(manifest.get("image_root", ""), str, type(None)) \
+                or not set(columns) <= set(ColumnMap.__dataclass_fields__) \
+                or not all(kind(v, str, type(None)) for k, v in columns.items() if k != "id_cols") \
+                or not kind(columns.get("id_cols", []), list, type(None)) \
+                or not all(kind(c, str) for c in columns.get("id_cols") or []):
+            return "'manifest' is misshapen"
+    files = info.get("input_files", [])
+    if not kind(files, list, type(None)) or not all(kind(f, str) for f in files or []):
+        return "'input_files' is not a list of paths"
+    if not kind(info.get("input_fingerprint", ""), str, type(None)):
+        return "'input_fingerprint' is not text"
+    if not kind(info.get("pipeline", {}), dict):
+        return "'pipeline' is not an object"
+    return None
 
 
 class RunFolder:
@@ -121,12 +155,17 @@ class RunFolder:
         """run.json's contents. Raises DataError when unreadable, ConfigError when written in another layout."""
         try:
             info = json.loads(self.run_json.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
             raise DataError(f"{self.run_json}: unreadable ({e})") from e
+        if not isinstance(info, dict):
+            raise DataError(f"{self.run_json}: unreadable (a JSON {type(info).__name__}, not an object)")
         if info.get("layout", 1) != LAYOUT:
-            raise ConfigError(f"{self.path}: a run folder of layout {info.get('layout', 1)} (sanitize "
+            raise ConfigError(f"{self.run_json}: a run folder of layout {info.get('layout', 1)} (sanitize "
                               f"{info.get('sanitize_version', '?')}); this sanitize ({__version__}) reads layout "
                               f"{LAYOUT} only: rerun into a new --out folder")
+        wrong = _misshapen(info)
+        if wrong:
+            raise DataError(f"{self.run_json}: unreadable ({wrong})")
         return info
 
     def manifest(self) -> Manifest:
@@ -138,7 +177,13 @@ class RunFolder:
         files = [Path(f) for f in info.get("input_files") or []] or list_shard_files(spec.path)
         missing = [f for f in files if not f.exists()]
         if missing:
-            raise DataError(f"{missing[0]}: input file of this run is missing")
+            raise DataError(f"{missing[0]}: input file of this run is missing (as {self.run_json} records it)")
+        c = spec.columns
+        names = set(read_schema(files[0]).names)
+        absent = [col for col in (c.caption, c.image, c.url, c.key, c.success_col) if col and col not in names]
+        if absent:  # a hand-edited run.json, or an input replaced by another file
+            raise DataError(f"{files[0]}: no column {absent[0]!r}, which {self.run_json} records as one of the "
+                            "manifest's columns")
         return Manifest(spec, files)
 
     # -- stages ---------------------------------------------------------------------------------------------
@@ -294,9 +339,16 @@ class RunFolder:
         return self.path / "stats.json"
 
     def stats(self) -> dict[str, Any]:
+        """stats.json's contents ({} before any stage finished). Raises DataError when unreadable."""
         if not self.stats_json.exists():
             return {}
-        return json.loads(self.stats_json.read_text())
+        try:
+            stats = json.loads(self.stats_json.read_text())
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+            raise DataError(f"{self.stats_json}: unreadable ({e})") from e
+        if not isinstance(stats, dict):
+            raise DataError(f"{self.stats_json}: unreadable (a JSON {type(stats).__name__}, not an object)")
+        return stats
 
     def record_stats(self, stage: str, stats: dict[str, Any]) -> None:
         """Replace ``stage``'s entry in stats.json (atomic)."""

@@ -184,6 +184,7 @@ def run_stage(stage: Stage, run: RunFolder, *, engine: Engine | None = None, see
     stats.json. `engine` defaults to the local engine."""
     from sanitize.engines import resolve_engine
 
+    run.stats()  # an unreadable stats.json fails here, before the stage writes anything a rerun would trust
     result = stage.run(StageContext(run, resolve_engine(engine), seed, progress))
     run.record_stats(stage.name, result.to_dict())
     return result

@@ -229,8 +229,8 @@ def read_store_file(path: str | Path) -> pa.Table:
     path = Path(path)
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable parquet label file ({exc})") from None
+    except READ_ERRORS as exc:  # also a footer whose names are not UTF-8 (UnicodeDecodeError)
+        raise DataError(f"{path}: not a readable parquet label file ({first_line(exc)})") from None
     missing = [name for name in SCHEMA.names if name not in table.column_names]
     if missing:
         raise DataError(f"{path}: label file lacks column {missing[0]!r}")
@@ -238,6 +238,10 @@ def read_store_file(path: str | Path) -> pa.Table:
         table = table.select(SCHEMA.names).cast(SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataError(f"{path}: label file has a column of the wrong type ({exc})") from None
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as exc:  # text that is not UTF-8
+        raise DataError(f"{path}: not a readable parquet label file ({exc})") from None
     for name in ("uid", "label", "source", "round"):
         if table[name].null_count:
             raise DataError(f"{path}: column {name!r} has {table[name].null_count} empty values")

@@ -102,6 +102,7 @@ class EmbeddingPool:
         self._factory: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None
         self.block_rows = block_rows
         self.dim = int(X.shape[1])
+        self.source: str | None = None  # where the rows come from (a run folder), named in errors
 
     @classmethod
     def from_blocks(
@@ -110,13 +111,16 @@ class EmbeddingPool:
         dim: int,
         *,
         block_rows: int = DEFAULT_BLOCK_ROWS,
+        source: str | None = None,
     ) -> EmbeddingPool:
         """A pool read from `factory()`, which must return a new iterator of `(uids, X)` blocks per call.
 
-        Blocks larger than `block_rows` (a whole shard, say) are sliced, so float32 copies stay bounded.
+        Blocks larger than `block_rows` (a whole shard, say) are sliced, so float32 copies stay bounded. `source`
+        (where the blocks come from) starts the message of a uid not found.
         """
         pool = cls(np.empty(0, dtype=str), np.empty((0, dim), dtype=np.float32), block_rows=block_rows)
         pool._factory = factory
+        pool.source = source
         return pool
 
     @classmethod
@@ -187,7 +191,8 @@ class EmbeddingPool:
             found[targets] = True
         if not found.all():
             missing = wanted[~found]
-            raise DataError(f"{len(missing)} uids are not in the pool: {_preview(missing)}")
+            where = f"{self.source}: " if self.source else ""
+            raise DataError(f"{where}{len(missing)} uids are not in the pool: {_preview(missing)}")
         _check_finite(wanted, out, None)
         return out
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from sanitize.errors import ConfigError
+from sanitize.errors import ConfigError, DataError
 from sanitize.io.atomic import write_text
 from sanitize.io.manifest import read_parquet
 from sanitize.safety.classifier import MIN_PER_CLASS, EmbeddingClassifier, load_classifier
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 SPEC_FILE = "categories.toml"
 TRAINING_SOURCES = ("seed", "active")
+# The columns of audit/<cat>_sample.parquet and the types `draw_audit_sample` gives them.
+AUDIT_SAMPLE_COLUMNS = {"uid": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+                        "score": pa.types.is_floating, "stratum": pa.types.is_integer,
+                        "inclusion_probability": pa.types.is_floating}
 
 
 class LabelProject:
@@ -128,8 +132,27 @@ class LabelProject:
         return hashlib.sha256(self.model_path(name).read_bytes()).hexdigest()
 
     def read_audit_sample(self, name: str) -> pa.Table | None:
+        """The drawn audit sample of category `name` (None when none was drawn). Raises DataError naming the file
+        when a column is missing, of another type or has empty values, or a probability is outside (0, 1]."""
         path = self.audit_sample_path(name)
-        return read_parquet(path) if path.exists() else None
+        if not path.exists():
+            return None
+        sample = read_parquet(path)
+        try:
+            sample.validate(full=True)
+        except pa.ArrowInvalid as exc:  # text that is not UTF-8
+            raise DataError(f"{path}: not a readable audit sample ({exc})") from None
+        for column, is_type in AUDIT_SAMPLE_COLUMNS.items():
+            if column not in sample.column_names:
+                raise DataError(f"{path}: audit sample has no column {column!r}")
+            if not is_type(sample.schema.field(column).type):
+                raise DataError(f"{path}: audit sample column {column!r} has type {sample.schema.field(column).type}")
+            if sample.column(column).null_count:
+                raise DataError(f"{path}: audit sample column {column!r} has empty values")
+        probability = sample.column("inclusion_probability").to_numpy()
+        if not ((probability > 0) & (probability <= 1)).all():
+            raise DataError(f"{path}: an inclusion probability is outside (0, 1]")
+        return sample
 
 
 def labels_fingerprint(uids: np.ndarray, labels: np.ndarray) -> str:

@@ -57,7 +57,7 @@ def run_pool(run: RunFolder) -> EmbeddingPool:
             # Fixed-width str uids take member_mask's vectorised path.
             yield np.asarray(shard.uids, dtype=str), shard.img_emb
 
-    return EmbeddingPool.from_blocks(blocks, dim)
+    return EmbeddingPool.from_blocks(blocks, dim, source=str(run.path))
 
 
 # -- the classifier of the current labels -------------------------------------------------------------------

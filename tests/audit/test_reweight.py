@@ -144,3 +144,154 @@ def test_apply_weights_rejects_missing_columns_and_foreign_cells():
     foreign = df.with_columns(pl.lit("ancient").alias("age"))
     with pytest.raises(DataError, match="no kept rows for"):
         apply_weights(foreign, plan, source="shard 3")
+
+
+# -- pinned by mutation testing (tools/mutate.py sanitize/audit/reweight.py) ----------------------------------------
+
+def test_summary_of_a_hand_example():
+    """Pre-filter a, b, c 2 rows each; kept a 2, b 1, c 0. Target 1/3 each: weights a (1/3)/(2/3) = 1/2, b 1,
+    scaled to mean 1 over the 3 kept rows: a 3/4, b 3/2; weighted shares a 1/2, b 1/2, c 0 (unreachable)."""
+    df = pl.DataFrame(
+        {"uid": list("abcdef"), "g": ["a", "a", "b", "b", "c", "c"], "keep:f": [True, True, True, False, False, False]}
+    )
+    summary = weighting_plan(count_shard(df, ["g"]), ["g"]).summary()
+    assert (summary["weight_min"], summary["weight_max"]) == pytest.approx((0.75, 1.5))
+    third = pytest.approx(1 / 3)
+    assert summary["marginals"]["g"] == [
+        {"group": "a", "share_before": third, "share_kept": pytest.approx(2 / 3), "share_weighted": pytest.approx(0.5),
+         "target": third},
+        {"group": "b", "share_before": third, "share_kept": third, "share_weighted": pytest.approx(0.5),
+         "target": third},
+        {"group": "c", "share_before": third, "share_kept": 0.0, "share_weighted": 0.0, "target": third},
+    ]
+    # total variation distance: half the sum of the gaps (1/3 + 0 + 1/3 unweighted, 1/6 + 1/6 + 1/3 weighted)
+    assert summary["shift_unweighted"]["g"] == {"max_abs_pp": pytest.approx(100 / 3), "tvd": pytest.approx(1 / 3)}
+    assert summary["shift_weighted"]["g"] == {"max_abs_pp": pytest.approx(100 / 3), "tvd": pytest.approx(1 / 3)}
+    assert summary["kept_rows"] == 3 and summary["iterations"] == 1
+
+
+def test_a_plan_is_frozen():
+    import dataclasses
+
+    plan = weighting_plan(count_shard(planted_shift(200), ["age"]), ["age"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.method = "rake"
+
+
+def test_a_plan_for_an_earlier_stage_covers_the_stages_up_to_it():
+    counts = count_shard(planted_shift(2000), ["age"])  # stages: safety, then dedup
+    assert weighting_plan(counts, ["age"], stage="safety").stages == ("safety",)
+    assert weighting_plan(counts, ["age"]).stages == ("safety", "dedup")
+
+
+def test_a_user_target_on_one_attribute_poststratifies_and_may_give_a_group_zero():
+    counts = count_shard(planted_shift(2000), ["age"])
+    plan = weighting_plan(counts, ["age"], target={"young": 1.0, "old": 0.0})
+    assert plan.method == "poststratify" and plan.targets["age"]["old"] == 0.0
+
+
+def test_an_empty_target_table_is_refused():
+    counts = count_shard(planted_shift(2000), ["age", "gender"])
+    with pytest.raises(ConfigError, match="must be a non-empty"):
+        weighting_plan(counts, ["age", "gender"], target={"age": {}, "gender": {"female": 1.0}})
+
+
+def test_raking_that_cannot_meet_both_margins_stops_after_200_iterations():
+    """Kept cells young×female and old×male only: age 50/50 and gender 20/80 cannot both hold."""
+    df = pl.DataFrame({"uid": list("abcd"), "age": ["young", "young", "old", "old"],
+                       "gender": ["female", "female", "male", "male"], "keep:f": [True] * 4})
+    plan = weighting_plan(count_shard(df, ["age", "gender"]), ["age", "gender"],
+                          target={"age": {"young": 0.5, "old": 0.5}, "gender": {"female": 0.2, "male": 0.8}})
+    assert plan.method == "rake" and plan.iterations == 200
+
+
+def test_iteration_options_are_checked():
+    counts = count_shard(planted_shift(2000), ["age", "gender"])
+    for bad in ({"max_iter": 0}, {"tol": 0.0}, {"tol": -0.5}):
+        with pytest.raises(ConfigError, match="max_iter must be >= 1 and tol > 0"):
+            weighting_plan(counts, ["age"], **bad)
+    assert weighting_plan(counts, ["age", "gender"], method="rake", max_iter=1).iterations == 1
+
+
+def test_a_stage_that_keeps_no_row_cannot_be_weighted_one_kept_row_can():
+    df = pl.DataFrame({"uid": list("abc"), "g": ["a", "a", "b"], "keep:f": [False, False, False]})
+    with pytest.raises(DataError, match="no rows kept through stage 'f'"):
+        weighting_plan(count_shard(df, ["g"]), ["g"])
+    one = df.with_columns(pl.Series("keep:f", [True, False, False]))
+    assert weighting_plan(count_shard(one, ["g"]), ["g"]).kept_rows == 1
+
+
+def joint_example() -> pl.DataFrame:
+    """Cells (g, h) with input / kept rows: (a, x) 2 / 2, (a, y) 2 / 1, (b, x) 1 / 0, (b, y) 1 / 1."""
+    cells = [("a", "x", True), ("a", "x", True), ("a", "y", True), ("a", "y", False), ("b", "x", False),
+             ("b", "y", True)]
+    return pl.DataFrame({"uid": [f"u{i}" for i in range(6)], "g": [c[0] for c in cells], "h": [c[1] for c in cells],
+                         "keep:f": [c[2] for c in cells]})
+
+
+def test_joint_poststratification_of_a_hand_example():
+    """Input shares 2/6, 2/6, 1/6, 1/6; kept shares 2/4, 1/4, 0, 1/4: weights 2/3, 4/3, -, 2/3, times 4 / (10/3)
+    for mean 1 over the 4 kept rows: 0.8, 1.6, -, 0.8. The lost cell (b, x) is unreachable."""
+    df = joint_example()
+    plan = weighting_plan(count_shard(df, ["g", "h"]), ["g", "h"])
+    assert plan.unreachable == ["g=b × h=x"]
+    weights = apply_weights(df, plan)
+    assert weights["uid"].to_pylist() == ["u0", "u1", "u2", "u5"]
+    np.testing.assert_allclose(weights["weight"].to_numpy(), [0.8, 0.8, 1.6, 0.8], rtol=1e-12)
+
+
+def test_raking_around_an_unreachable_group():
+    """g = b has no kept rows: it is reported, and the reachable groups split the target in its proportions."""
+    df = joint_example().with_columns(pl.Series("keep:f", [True, True, True, False, False, False]))
+    plan = weighting_plan(count_shard(df, ["g", "h"]), ["g", "h"],
+                          target={"g": {"a": 0.5, "b": 0.5}, "h": {"x": 0.25, "y": 0.75}})
+    assert plan.unreachable == ["g=b"] and plan.iterations < 200
+    weights = apply_weights(df, plan)
+    # kept: (a, x) 2 rows, (a, y) 1 row; h 1/4 x, 3/4 y -> weights 1/8 each x row, 3/4 the y row, times 3 / 1
+    np.testing.assert_allclose(weights["weight"].to_numpy(), [0.375, 0.375, 2.25], rtol=1e-9)
+    zero = weighting_plan(count_shard(df, ["g", "h"]), ["g", "h"],
+                          target={"g": {"a": 1.0, "b": 0.0}, "h": {"x": 0.25, "y": 0.75}})
+    assert zero.unreachable == []  # a group aimed at 0 has nothing to restore
+    assert weighting_plan(count_shard(df, ["g"]), ["g"], target={"a": 1.0, "b": 0.0}).unreachable == []
+
+
+def test_one_raking_round_fits_each_attribute_in_turn():
+    """max_iter=1: one pass of iterative proportional fitting, checked against the pass written out here."""
+    df = planted_shift(3000, seed=3)
+    counts = count_shard(df, ["age", "gender"])
+    target = {"age": {"young": 0.5, "old": 0.4, "unknown": 0.1}, "gender": {"female": 0.7, "male": 0.3}}
+    plan = weighting_plan(counts, ["age", "gender"], target=target, max_iter=1)
+    cells = plan.cells
+    kept = cells["kept"].to_numpy().astype(float)
+    w = np.ones(len(kept))
+    for a in ("age", "gender"):
+        groups = cells[a].to_list()
+        mass = {g: (kept * w)[[x == g for x in groups]].sum() / (kept * w).sum() for g in set(groups)}
+        w = w * np.array([target[a][g] / mass[g] for g in groups])
+    w = w * kept.sum() / (kept * w).sum()
+    assert plan.iterations == 1
+    np.testing.assert_allclose(cells["weight"].to_numpy(), w, rtol=1e-9)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-4])
+def test_raking_stops_only_when_every_group_is_within_tol(tol):
+    rows = [("young", "f")] * 3 + [("old", "m")] * 3 + [("mid", "f")] * 2 + [("mid", "m"), ("young", "m")]
+    df = pl.DataFrame({"uid": [f"u{i}" for i in range(10)], "age": [r[0] for r in rows],
+                       "gender": [r[1] for r in rows], "keep:f": [True] * 10})
+    plan = weighting_plan(count_shard(df, ["age", "gender"]), ["age", "gender"], tol=tol,
+                          target={"age": {"young": 0.5, "old": 0.3, "mid": 0.2}, "gender": {"f": 0.2, "m": 0.8}})
+    assert plan.iterations < 200
+    assert all(shift["max_abs_pp"] / 100 < tol for shift in plan.shift_weighted.values())
+
+
+def test_apply_weights_keeps_rows_a_stage_never_saw_and_names_the_first_foreign_row():
+    df = joint_example()
+    plan = weighting_plan(count_shard(df, ["g", "h"]), ["g", "h"])
+    unseen = df.with_columns(pl.Series("keep:f", [True, None, True, False, False, True], dtype=pl.Boolean))
+    assert apply_weights(unseen, plan)["uid"].to_pylist() == ["u0", "u1", "u2", "u5"]
+    lost_cell_kept = df.with_columns(pl.Series("keep:f", [True, True, True, False, True, True]))
+    with pytest.raises(DataError, match="shard: uid u4 falls in a cell"):
+        apply_weights(lost_cell_kept, plan)
+    foreign = df.with_columns(pl.Series("g", ["a", "z", "a", "a", "b", "z"]))
+    with pytest.raises(DataError, match="shard: uid u1 falls in a cell"):
+        apply_weights(foreign, plan)

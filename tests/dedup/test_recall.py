@@ -68,3 +68,73 @@ def test_sampled_recall_covers_the_truth(small_set):
 def test_no_true_pairs_gives_unknown_recall():
     est = sampled_pair_recall(np.eye(6, dtype=np.float32), np.empty(0, np.int64), 0.9, sample_size=3)
     assert est.recall is None and est.true_pairs == 0
+
+
+# -- pinned by mutation testing (tools/mutate.py sanitize/dedup/recall.py) ------------------------------------------
+
+def test_effective_trials_of_clustered_hits_by_hand():
+    """4 sampled rows with 3, 3, 1, 1 true pairs, of which 3, 0, 1, 0 found: p = 1/2, binomial variance
+    p (1 - p) / 8 = 1/32; residuals 1.5, -1.5, 0.5, -0.5 give the clustered variance 4/3 * 5 / 64 = 5/48; so
+    8 trials count as 8 * (1/32) / (5/48) = 2.4."""
+    query = np.array([0, 0, 0, 1, 1, 1, 2, 3])
+    hit = np.array([1, 1, 1, 0, 0, 0, 1, 0], bool)
+    est = recall_from_sample(query, hit, 4)
+    assert est.recall == 0.5 and est.effective_trials == pytest.approx(2.4, rel=1e-12)
+    low, high = wilson_interval(0.5 * 2.4, 2.4)
+    assert (est.ci_low, est.ci_high) == pytest.approx((float(low), float(high)), rel=1e-12)
+    # 2 sampled rows, 2 pairs both found and 1 pair not: p = 2/3, 2/27 binomial, 2/1 * (8/9) / 9 = 16/81
+    # clustered: 3 * (2/27) / (16/81) = 1.125 trials
+    two = recall_from_sample(np.array([0, 0, 1]), np.array([1, 1, 0], bool), 2)
+    assert two.effective_trials == pytest.approx(1.125, rel=1e-12)
+
+
+def test_effective_trials_without_spread_between_rows():
+    """Each row's pairs half found: no spread between rows, so every pair is a trial; all found: each row with
+    pairs is one trial; one sampled row: its pairs are the trials."""
+    half = recall_from_sample(np.array([0, 0, 1, 1, 2, 2]), np.array([1, 0, 1, 0, 0, 1], bool), 3)
+    assert half.effective_trials == 6
+    all_found = recall_from_sample(np.array([0, 0, 0, 1]), np.ones(4, bool), 3)
+    assert all_found.effective_trials == 2 and all_found.ci_high == 1.0
+    one_row = recall_from_sample(np.array([0, 0]), np.array([1, 0], bool), 1)
+    assert one_row.effective_trials == 2
+
+
+def test_only_no_pair_found_pins_the_lower_end_to_zero():
+    one = recall_from_sample(np.arange(10), np.arange(10) == 3, 10)
+    assert one.ci_low == pytest.approx(float(wilson_interval(0.1 * one.effective_trials, one.effective_trials)[0]))
+    assert one.ci_low > 0
+
+
+def test_recall_options_and_the_empty_estimate():
+    with pytest.raises(ConfigError):
+        recall_from_sample(np.arange(3), np.ones(3, bool), 3, confidence=0.0)
+    x = np.eye(6, dtype=np.float32)
+    with pytest.raises(ConfigError, match="at least 1, got 0"):
+        sampled_pair_recall(x, np.empty(0, np.int64), 0.9, sample_size=0)
+    est = sampled_pair_recall(x, np.empty(0, np.int64), 0.9, sample_size=1)
+    assert est.sampled_rows == 1 and (est.true_pairs, est.found_pairs, est.effective_trials) == (0, 0, 0.0)
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        est.recall = 1.0
+
+
+def test_default_sample_is_1000_rows_drawn_with_seed_0(small_set):
+    data, truth = small_set
+    found = _keys(sorted(truth)[::2], len(data.x))
+    est = sampled_pair_recall(data.x, found, 0.95)
+    assert est.sampled_rows == 1000
+    assert est == sampled_pair_recall(data.x, found, 0.95, sample_size=1000, seed=0)
+
+
+def test_a_pair_at_the_threshold_and_a_pair_with_row_zero_are_found():
+    x = np.array([[1.0, 0.0, 0.0], [0.96, 0.28, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
+    from sanitize.dedup.vectors import pair_cosines
+
+    at = float(pair_cosines(x, np.array([0]), np.array([1]))[0])
+    q, a, b = true_pairs_of_sample(x, np.array([1]), at)  # only row 1 sampled: row 0 is in the first block
+    assert (q.tolist(), a.tolist(), b.tolist()) == ([0], [0], [1])
+    q, a, b = true_pairs_of_sample(x, np.array([1]), at + 0.5e-4)  # within the candidate margin, above cos
+    assert a.size == 0
+
+

@@ -103,3 +103,61 @@ def test_estimates_validate_their_inputs():
         recall_at([0.1], [1, 0], 0.5)
     with pytest.raises(ConfigError, match="confidence"):
         precision_at([0.1], [1], 0.5, confidence=0)
+
+
+# -- pinned by mutation testing (tools/mutate.py sanitize/safety/estimates.py) -------------------------------------
+
+def test_clopper_pearson_matches_scipy_for_every_count_and_for_effective_counts():
+    """Every k of n = 10 and n = 1, and non-integer (Kish effective) counts below 1 success / failure, against
+    scipy's exact binomial interval and the beta quantiles it is defined by."""
+    from scipy import stats
+
+    for n in (1, 10):
+        for k in range(n + 1):
+            ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.9, method="exact")
+            lower, upper = clopper_pearson(k, n, 0.9)
+            assert (float(lower), float(upper)) == pytest.approx((ci.low, ci.high), abs=1e-12), (k, n)
+    for x, n in [(0.5, 3.7), (3.2, 3.7), (0.25, 0.75)]:
+        lower, upper = clopper_pearson(x, n, 0.95)
+        assert float(lower) == pytest.approx(stats.beta.ppf(0.025, x, n - x + 1), rel=1e-9)
+        assert float(upper) == pytest.approx(stats.beta.ppf(0.975, x + 1, n - x), rel=1e-9)
+
+
+def test_an_estimate_with_no_rows_is_the_uninformative_interval():
+    nothing = precision_at([0.1, 0.2], [1, 0], 0.5)
+    assert np.isnan(nothing.value)
+    assert (nothing.lower, nothing.upper, nothing.n, nothing.n_effective, nothing.method) == (0.0, 1.0, 0, 0.0,
+                                                                                             "empty")
+
+
+def test_a_score_equal_to_the_threshold_is_flagged():
+    """score >= threshold is removed: precision, recall and both removal rates count the tie."""
+    scores, labels = np.array([0.2, 0.5, 0.8]), np.array([1, 1, 0])
+    assert precision_at(scores, labels, 0.5).n == 2
+    assert recall_at(scores, labels, 0.5).value == 0.5
+    assert removal_rate(scores, 0.5).removed == 2
+    assert estimate_removal_rate(scores, 0.5).value == pytest.approx(2 / 3)
+
+
+def test_the_results_are_frozen():
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        precision_at([0.9], [1], 0.5).value = 0.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        removal_rate([0.9], 0.5).removed = 0
+
+
+def test_input_errors_name_the_first_bad_row():
+    with pytest.raises(DataError, match="2 non-finite values .*, first at row 1"):
+        precision_at([0.1, np.nan, 0.2, np.inf], [0, 1, 0, 1], 0.5)
+    with pytest.raises(DataError, match="got 2 at row 1"):
+        precision_at([0.1, 0.2, 0.3, 0.4], [0, 2, 1, 3], 0.5)
+    with pytest.raises(DataError, match="got 0.5 at row 2"):
+        precision_at([0.1, 0.2, 0.3], [0, 1, 0], 0.5, weights=[1.0, 2.0, 0.5])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.5, 0.0, -1.0])
+def test_weights_must_be_finite_and_at_least_one(bad):
+    with pytest.raises(DataError, match="weights must be 1 / inclusion probability"):
+        recall_at([0.1, 0.9], [1, 1], 0.5, weights=[1.0, bad])

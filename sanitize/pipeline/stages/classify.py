@@ -33,7 +33,7 @@ import pyarrow as pa
 from sanitize.errors import ConfigError, DataError
 from sanitize.io.atomic import write_json
 from sanitize.io.embeddings import EmbeddingSource, open_embeddings
-from sanitize.io.manifest import read_parquet
+from sanitize.io.manifest import read_parquet, uid_column
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import ShardStats, Stage, StageContext, StageResult, stored_counts
@@ -120,6 +120,7 @@ def gather_embeddings(run: RunFolder, uids: Sequence[str]) -> np.ndarray:
 
     Raises DataError listing uids the run has no embedding for.
     """
+    from sanitize.io.embeddings import load_npy
     from sanitize.io.run_rows import metadata_files
     from sanitize.safety.pool import member_mask
 
@@ -128,16 +129,14 @@ def gather_embeddings(run: RunFolder, uids: Sequence[str]) -> np.ndarray:
     out: np.ndarray | None = None
     found = np.zeros(len(wanted), dtype=bool)
     for meta_path in metadata_files(run):
-        shard_uids = np.asarray(read_parquet(meta_path, columns=["uid"])["uid"].to_pylist(), dtype=str)
+        shard_uids = np.asarray(uid_column(read_parquet(meta_path, columns=["uid"]), "uid", path=meta_path)
+                                .to_pylist(), dtype=str)
         rows = np.flatnonzero(member_mask(shard_uids, position))
         if len(rows) == 0:
             continue
         number = meta_path.stem.rsplit("_", 1)[-1]
         npy = run.embeddings_dir / "img_emb" / f"img_emb_{number}.npy"
-        try:
-            emb = np.load(npy, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{npy}: not a readable .npy file ({exc})") from None
+        emb = load_npy(npy)  # a 2-D float array, or DataError naming the file
         if emb.shape[0] != len(shard_uids):
             raise DataError(f"{npy}: {emb.shape[0]} rows but {meta_path} has {len(shard_uids)}")
         if out is None:
@@ -172,10 +171,13 @@ def certify_category(project: LabelProject, run: RunFolder, name: str) -> Catego
     if sample is None:
         logger.warning("%s: no audit sample file; treating the random-audit labels as a simple random sample",
                        name)
+    store = project.store(name)
+    history = store.read()  # DataError naming the store when unreadable
     try:
-        audit = audit_labels(project.store(name).read(), sample)
-    except DataError as exc:
-        raise DataError(f"category {name!r}: {exc}") from None
+        audit = audit_labels(history, sample)
+    except DataError as exc:  # the random-audit labels of the store do not make an audit (with the drawn sample)
+        where = store.path if sample is None else f"{store.path}, {project.audit_sample_path(name)}"
+        raise DataError(f"{where}: category {name!r}: {exc}") from None
     uids = audit["uid"].to_pylist()
     X = gather_embeddings(run, uids)
     if X.shape[1] != clf.dim:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from sanitize.errors import DataError
 from sanitize.io import atomic
-from sanitize.io.manifest import read_parquet
+from sanitize.io.manifest import read_parquet, uid_column
 from sanitize.io.runfolder import RunFolder
 from sanitize.pipeline.options import option
 from sanitize.pipeline.stage import (
@@ -94,6 +94,18 @@ def decisions_digest(run: RunFolder, sets: list[str]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
+def read_decisions(path: Path) -> pa.Table:
+    """uid (as text), keep and reason of one decision file; DataError naming the file when keep is not boolean or
+    reason not text."""
+    table = read_parquet(path, columns=["uid", "keep", "reason"])
+    keep, reason = table.schema.field("keep").type, table.schema.field("reason").type
+    if not pa.types.is_boolean(keep):
+        raise DataError(f"{path}: decision column 'keep' has type {keep}, not bool")
+    if not (pa.types.is_string(reason) or pa.types.is_large_string(reason) or pa.types.is_null(reason)):
+        raise DataError(f"{path}: decision column 'reason' has type {reason}, not text")
+    return table.set_column(0, "uid", uid_column(table, "uid", path=path))
+
+
 def removed_rows(tables: list[tuple[str, pa.Table]]) -> pl.DataFrame:
     """The removed rows of (decision set, decision table) pairs: columns uid, stages (list[str]), reasons (str),
     sorted by uid, one row per uid."""
@@ -137,7 +149,7 @@ class ExportShardWorker(ManifestShardWorker):
 
     def removed_in_shard(self, index: int) -> pl.DataFrame:
         """The rows of shard `index` that some decision set removed (`removed_rows` of its decision files)."""
-        tables = [(name, read_parquet(self.run.shard_path(name, index), columns=["uid", "keep", "reason"]))
+        tables = [(name, read_decisions(self.run.shard_path(name, index)))
                   for name in self.decision_sets if self.run.is_done(name, index)]
         return removed_rows(tables)
 
