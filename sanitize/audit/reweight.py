@@ -147,7 +147,7 @@ def weighting_plan(
     when raking); otherwise {attribute: {group: share}} (or {group: share} for one attribute) with shares
     summing to 1. `method` defaults to "poststratify" for the pre-filter target or one attribute, "rake" for
     user targets on several attributes. Raises ConfigError on bad attributes, targets or methods, DataError
-    when no row is kept through `stage`.
+    when no row is kept through `stage` or none of the kept rows is in a group the target asks for.
     """
     attributes = tuple(attributes)
     stage, user, method = _checked_request(counts, attributes, target, method, stage, max_iter, tol)
@@ -155,7 +155,11 @@ def weighting_plan(
     kept = cells["kept"].to_numpy().astype(np.float64)
     targets = {a: _target_shares(cells, a, None if user is None else user.get(a)) for a in attributes}
     weight, iterations, unreachable = _cell_weights(cells, attributes, targets, method, max_iter, tol)
-    weight = weight * kept.sum() / float((kept * weight).sum())  # mean 1 over the kept rows
+    reached = float((kept * weight).sum())
+    if not reached > 0:  # every group the target asks for lost all its rows: weights would be 0/0
+        raise DataError(f"weighting: no row kept through '{stage}' is in a group the target asks for "
+                        f"(no kept rows: {', '.join(unreachable[:5])}); no weights can reach that target")
+    weight = weight * kept.sum() / reached  # mean 1 over the kept rows
     cells = cells.with_columns(pl.Series("weight", weight))
     if unreachable:
         logger.warning("weighting: %d target group(s) have no kept rows: %s", len(unreachable), unreachable[:5])
@@ -298,6 +302,8 @@ def _rake(
         t = np.where(has_kept, t, 0.0)
         codes.append(code)
         fit_targets.append(t / t.sum() if t.sum() > 0 else t)
+    if any(t.sum() == 0 for t in fit_targets):  # an attribute's target falls wholly on groups without kept rows
+        return np.zeros_like(kept), 0, unreachable
     weight = np.where(kept > 0, 1.0, 0.0)
     for iteration in range(1, max_iter + 1):
         for code, t in zip(codes, fit_targets, strict=True):

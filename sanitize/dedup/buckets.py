@@ -192,7 +192,7 @@ def _bucket_on_bounds(folder: str, c: int, counts: np.ndarray, threshold: float,
     bounds = got["bounds"]
     starts = np.concatenate([[0], np.cumsum(counts[:, q0:q1].sum(axis=0))])
     nominated_a, nominated_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
-    checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (a, b, float32 product) of blocks in full
+    checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (a, b, float64 cosine) of blocks in full
     tried = unsettled = 0
     for j in range(q1 - q0):
         lo, hi = int(starts[j]), int(starts[j + 1])
@@ -221,9 +221,9 @@ def _bucket_on_bounds(folder: str, c: int, counts: np.ndarray, threshold: float,
     ua, ub = unit[inverse[: len(la)]], unit[inverse[len(la) :]]
     candidate = np.einsum("ij,ij->i", ua, ub) >= cut  # the pairs the full product would have nominated
     cos = np.einsum("ij,ij->i", ua[candidate].astype(np.float64), ub[candidate].astype(np.float64))
-    la, lb = la[candidate], lb[candidate]
-    for a, b, full_cos in checked:
-        la, lb, cos = np.concatenate([la, a]), np.concatenate([lb, b]), np.concatenate([cos, full_cos])
+    la = np.concatenate([la[candidate], *(a for a, _, _ in checked)])
+    lb = np.concatenate([lb[candidate], *(b for _, b, _ in checked)])
+    cos = np.concatenate([cos, *(full_cos for _, _, full_cos in checked)])
     keep = cos >= threshold
     return got["ids"][la[keep]], got["ids"][lb[keep]], cos[keep], len(la)
 

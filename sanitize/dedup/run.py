@@ -327,6 +327,8 @@ def _assign_pending(
     in one read. Returns the labels and training seconds by clustering, and the assignment's seconds per clustering.
     """
     centroids, train_seconds = {}, {}
+    if not pending:  # every clustering resumed: nothing to read
+        return {}, train_seconds, 0.0
     for c in pending:
         t0 = time.perf_counter()
         centroids[c] = train_centroids(view, k, rows=reps, seed=seeds[c], projection=projection,

@@ -16,7 +16,8 @@ share of rows). Each phase ends with a file written last, so a rerun after a cra
    components and keepers on compact ids (`decide_groups`), the graph's rows read from a node file.
 7. **recall**: the assign tasks' true pairs of the sample against the pairs found.
 
-Disk: one copy of the distinct rows (as stored) plus 8 bytes per row and clustering, deleted at the end.
+Disk: one copy of the distinct rows (as stored), their float16 bound rows (`sanitize.dedup.bound`: 2 · (dims + 1)
+bytes per row) and 8 bytes per row and clustering, deleted at the end.
 """
 
 from __future__ import annotations

@@ -295,3 +295,17 @@ def test_apply_weights_keeps_rows_a_stage_never_saw_and_names_the_first_foreign_
     foreign = df.with_columns(pl.Series("g", ["a", "z", "a", "a", "b", "z"]))
     with pytest.raises(DataError, match="shard: uid u1 falls in a cell"):
         apply_weights(foreign, plan)
+
+
+@pytest.mark.parametrize("method, target", [
+    ("poststratify", {"age": {"old": 1.0, "young": 0.0}}),
+    ("rake", {"age": {"old": 1.0, "young": 0.0}, "gender": {"f": 0.5, "m": 0.5}}),
+])
+def test_a_target_that_only_groups_without_kept_rows_carry_is_refused(method, target):
+    """Every row of the only group the target asks for was removed (the target gives the kept group 0): no weights
+    reach it (they were 0/0 = NaN)."""
+    df = pl.DataFrame({"age": ["young", "young", "old", "old"], "gender": ["f", "m", "f", "m"],
+                       "keep:safety": [True, True, False, False]})
+    counts = count_shard(df, ["age", "gender"])
+    with pytest.raises(DataError, match="no kept rows: age=old"):
+        weighting_plan(counts, list(target), target=target, method=method)

@@ -112,6 +112,9 @@ def test_resume_from_checkpoints_gives_the_same_output(small_set, tmp_path, capl
         second = find_duplicates(data.x, checkpoint_dir=tmp_path, **options)
     assert [info["resumed"] for info in second.stats["clusterings"]] == [True, False, True]
     assert second.pairs.equals(first.pairs) and second.rows.equals(first.rows)
+    third = find_duplicates(data.x, checkpoint_dir=tmp_path, **options)  # every clustering saved: none recomputed
+    assert [info["resumed"] for info in third.stats["clusterings"]] == [True, True, True]
+    assert third.pairs.equals(first.pairs) and third.rows.equals(first.rows)
     with pytest.raises(ConfigError, match="different run.*threshold"):
         find_duplicates(data.x, checkpoint_dir=tmp_path, threshold=0.9, **options)
 
