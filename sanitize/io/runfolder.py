@@ -67,6 +67,18 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`. Raises DataError naming the file when it is unreadable, not JSON, not UTF-8 or
+    not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise DataError(f"{path}: unreadable ({e})") from e
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: unreadable (a JSON {type(value).__name__}, not an object)")
+    return value
+
+
 def _misshapen(info: dict[str, Any]) -> str | None:
     """What in run.json's contents has a type no writer gives it (the first such key), or None: the keys that
     readers index into are checked here once, so a hand-edited or corrupted file is one error naming the file."""
@@ -153,12 +165,7 @@ class RunFolder:
 
     def info(self) -> dict[str, Any]:
         """run.json's contents. Raises DataError when unreadable, ConfigError when written in another layout."""
-        try:
-            info = json.loads(self.run_json.read_text())
-        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-            raise DataError(f"{self.run_json}: unreadable ({e})") from e
-        if not isinstance(info, dict):
-            raise DataError(f"{self.run_json}: unreadable (a JSON {type(info).__name__}, not an object)")
+        info = _json_object(self.run_json)
         if info.get("layout", 1) != LAYOUT:
             raise ConfigError(f"{self.run_json}: a run folder of layout {info.get('layout', 1)} (sanitize "
                               f"{info.get('sanitize_version', '?')}); this sanitize ({__version__}) reads layout "
@@ -342,13 +349,7 @@ class RunFolder:
         """stats.json's contents ({} before any stage finished). Raises DataError when unreadable."""
         if not self.stats_json.exists():
             return {}
-        try:
-            stats = json.loads(self.stats_json.read_text())
-        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-            raise DataError(f"{self.stats_json}: unreadable ({e})") from e
-        if not isinstance(stats, dict):
-            raise DataError(f"{self.stats_json}: unreadable (a JSON {type(stats).__name__}, not an object)")
-        return stats
+        return _json_object(self.stats_json)
 
     def record_stats(self, stage: str, stats: dict[str, Any]) -> None:
         """Replace ``stage``'s entry in stats.json (atomic)."""
