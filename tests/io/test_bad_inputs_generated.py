@@ -437,3 +437,21 @@ def test_embed_of_a_corrupted_manifest(images, data):
             return
         assert_failed_in_one_line(result, (1, 2), path, Path(tmp))
         assert not (out / "stages" / "embed" / "_done").exists() and not (out / "embeddings" / "img_emb").exists()
+
+
+@settings(SLOW, max_examples=40)
+@given(st.data())
+def test_inspect_of_a_corrupted_manifest(images, data):
+    """`inspect` reads manifests as embed does: exit 0 only with a description of every row; else one line naming
+    the manifest, and nothing written beside it."""
+    name, manifest = data.draw(manifests((images / "m.parquet").read_bytes()))
+    with tempfile.TemporaryDirectory(dir=images) as tmp:
+        path = Path(tmp, name)
+        path.write_bytes(manifest)
+        result = invoke("inspect", path, "--json")
+        event(f"exit {result.exit_code}")
+        assert files_under(Path(tmp)) == {Path(name)}  # inspect writes nothing
+        if result.exit_code == 0:
+            assert json.loads(result.stdout)["rows"] == pq.read_metadata(path).num_rows
+            return
+        assert_failed_in_one_line(result, (1, 2), path, Path(tmp))

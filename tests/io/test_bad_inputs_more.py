@@ -548,6 +548,25 @@ def test_random_label_files_store_their_answers_or_fail_in_one_line(pool, file):
         assert not store.exists()
 
 
+@SLOW
+@given(label_files())
+def test_random_label_files_import_as_seeds_or_fail_in_one_line(pool, file):
+    """`label import` reads the same files as `label add`: exit 0 only with a label store written; else one `error:`
+    line naming the file (or, for uids the run lacks, the listing of them), exit 1 or 2, and no store."""
+    name, data = file
+    with tempfile.TemporaryDirectory() as tmp:
+        project, path = new_project(Path(tmp)), Path(tmp, name)
+        path.write_bytes(data)
+        result = invoke("label", "import", "sexual", path, "--project", project, "--run", pool)
+        event(f"exit {result.exit_code}")
+        store = project / "labels" / "sexual.parquet"
+        if result.exit_code == 0:
+            assert pq.read_table(store).num_rows > 0
+            return
+        assert_failed_in_one_line(result, (1, 2), path)
+        assert not store.exists()
+
+
 @st.composite
 def toml_files(draw: st.DrawFn, valid: str, sections: dict[str, list[str]]) -> bytes:
     """Random bytes; or the `valid` file; or TOML made of a few of `sections` (header → candidate lines; "" is the
