@@ -277,3 +277,31 @@ def test_recall_search_on_the_bound_settles_its_blocks_and_finds_the_same_pairs(
     assert len(got[0]) > 5
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_a_product_exactly_at_the_cut_is_a_hit_on_both_paths(monkeypatch):
+    """>= cut, not > cut: rows whose product is exactly 0.5 (1 × 0.5), searched in full and on bound rows."""
+    monkeypatch.setattr(bound, "MAX_NOMINATED_SHARE", 1.0)  # one pair of one: let the bound settle it
+    xi = np.array([[1.0, 0.0]], np.float32)
+    xj = np.array([[0.5, 0.75]], np.float32)
+    bi = np.array([[1.0, 0.01]], np.float32)  # bound rows whose product (0.5075) is above the cut
+    bj = np.array([[0.5, 0.75]], np.float32)
+    for bounds in ({}, {"bi": bi, "bj": bj}):
+        li, lj, settled = block_hits(xi, xj, 0.5, same=False, **bounds)
+        assert (li.tolist(), lj.tolist(), settled) == ([0], [0], bool(bounds))
+
+
+def test_only_float16_bound_rows_are_compared_below_the_cut():
+    """float32 bound rows are compared at the cut itself; float16 ones (the stored copies) at cut - STORED_MARGIN,
+    so a bound 0.001 below the cut is nominated from the float16 copy only, and one 0.003 below from neither."""
+    saved, bound.MAX_NOMINATED_SHARE = bound.MAX_NOMINATED_SHARE, 1.0
+    try:
+        bi = np.array([[1.0, 0.0]], np.float32)
+        bj = np.array([[0.999, 0.0]], np.float32)
+        assert len(nominees(bi, bj, 1.0, same=False)[0]) == 0
+        stored = nominees(bi.astype(bound.STORED_DTYPE), bj.astype(bound.STORED_DTYPE), 1.0, same=False)
+        assert stored[0].tolist() == [0] and stored[1].tolist() == [0]
+        far = np.array([[0.997, 0.0]], np.float32).astype(bound.STORED_DTYPE)  # 0.003 below: beyond 2^-9
+        assert len(nominees(bi.astype(bound.STORED_DTYPE), far, 1.0, same=False)[0]) == 0
+    finally:
+        bound.MAX_NOMINATED_SHARE = saved

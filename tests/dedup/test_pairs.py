@@ -57,3 +57,44 @@ def test_pair_keys_refuse_a_row_count_they_cannot_index():
     assert key[0] == (last - 1) * MAX_KEYED_ROWS + last and key[0] > 0  # the largest key still fits
     with pytest.raises(ConfigError, match="more than the .* that one int64 pair key can index"):
         pair_keys(np.array([0]), np.array([1]), MAX_KEYED_ROWS + 1)
+
+
+def _near_copies(n: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    """n unit rows all within cosine 0.999 of each other."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(d)
+    x = base + 0.01 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 4096])
+def test_every_cluster_of_two_or_more_rows_is_searched_and_no_pair_crosses_clusters(block_rows):
+    """Six rows, every pair a near-duplicate, in clusters {0, 1}, {2, 3}, {4} and {5, 6}: the candidates are the
+    pairs inside each cluster, first rows included, and none across."""
+    x = _near_copies(7)
+    labels = np.array([0, 0, 1, 1, 2, 3, 3], dtype=np.int32)
+    a, b = within_cluster_candidates(x, labels, 0.95, block_rows=block_rows)
+    assert sorted(zip(a.tolist(), b.tolist(), strict=True)) == [(0, 1), (2, 3), (5, 6)]
+
+
+def test_singleton_clusters_give_no_candidates():
+    a, b = within_cluster_candidates(_near_copies(4), np.arange(4, dtype=np.int32), 0.5)
+    assert a.dtype == np.int64 and b.dtype == np.int64 and len(a) == 0 and len(b) == 0
+
+
+def test_candidates_reach_below_the_threshold_and_confirmation_keeps_a_pair_at_it():
+    """A pair whose cosine is the threshold is a candidate (the cut lies below the threshold, not above), and a
+    pair whose cosine is exactly the threshold is confirmed (>=)."""
+    x = np.array([[1.0, 0.0], [0.95005, np.sqrt(1 - 0.95005**2)]], np.float32)
+    a, b = within_cluster_candidates(x, np.zeros(2, np.int32), float(x[0] @ x[1]))
+    assert (a.tolist(), b.tolist()) == ([0], [1])
+    y = np.array([[1.0, 0.0], [0.5, 0.75]], np.float32)  # cosine exactly 0.5 in float64
+    ka, kb, cos = confirm_pairs(y, np.array([0]), np.array([1]), 0.5)
+    assert (ka.tolist(), kb.tolist(), cos.tolist()) == ([0], [1], [0.5])
+
+
+def test_same_cluster_pairs_counts_the_pairs_inside_each_cluster():
+    from sanitize.dedup.pairs import same_cluster_pairs
+
+    assert same_cluster_pairs(np.array([0, 1, 2, 5])) == 0 + 0 + 1 + 10
+    assert same_cluster_pairs(np.array([100_000, 3])) == 100_000 * 99_999 // 2 + 3
