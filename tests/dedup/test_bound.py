@@ -116,14 +116,11 @@ def test_block_hits_are_the_full_products_hits_whether_the_bound_settles_the_blo
 
 
 @pytest.mark.parametrize("cut", [0.9, 0.95, 0.99])
-def test_stored_bounds_nominate_every_pair_at_or_above_the_cut(cut):
+def test_stored_bounds_nominate_every_pair_at_or_above_the_cut(cut, monkeypatch):
     x, projection = _low_rank(1500, seed=4)
     stored = bound_rows(x, projection).astype(bound.STORED_DTYPE)
-    bound.MAX_NOMINATED_SHARE, saved = 1.0, bound.MAX_NOMINATED_SHARE
-    try:
-        li, lj = nominees(stored, stored, cut, same=True)
-    finally:
-        bound.MAX_NOMINATED_SHARE = saved
+    monkeypatch.setattr(bound, "MAX_NOMINATED_SHARE", 1.0)  # report every nominee, however many
+    li, lj = nominees(stored, stored, cut, same=True)
     want_i, want_j = np.nonzero(np.triu(x @ x.T >= cut, 1))
     assert len(want_i) > 40
     assert set(zip(want_i.tolist(), want_j.tolist(), strict=True)) <= set(zip(li.tolist(), lj.tolist(),
@@ -291,17 +288,14 @@ def test_a_product_exactly_at_the_cut_is_a_hit_on_both_paths(monkeypatch):
         assert (li.tolist(), lj.tolist(), settled) == ([0], [0], bool(bounds))
 
 
-def test_only_float16_bound_rows_are_compared_below_the_cut():
+def test_only_float16_bound_rows_are_compared_below_the_cut(monkeypatch):
     """float32 bound rows are compared at the cut itself; float16 ones (the stored copies) at cut - STORED_MARGIN,
     so a bound 0.001 below the cut is nominated from the float16 copy only, and one 0.003 below from neither."""
-    saved, bound.MAX_NOMINATED_SHARE = bound.MAX_NOMINATED_SHARE, 1.0
-    try:
-        bi = np.array([[1.0, 0.0]], np.float32)
-        bj = np.array([[0.999, 0.0]], np.float32)
-        assert len(nominees(bi, bj, 1.0, same=False)[0]) == 0
-        stored = nominees(bi.astype(bound.STORED_DTYPE), bj.astype(bound.STORED_DTYPE), 1.0, same=False)
-        assert stored[0].tolist() == [0] and stored[1].tolist() == [0]
-        far = np.array([[0.997, 0.0]], np.float32).astype(bound.STORED_DTYPE)  # 0.003 below: beyond 2^-9
-        assert len(nominees(bi.astype(bound.STORED_DTYPE), far, 1.0, same=False)[0]) == 0
-    finally:
-        bound.MAX_NOMINATED_SHARE = saved
+    monkeypatch.setattr(bound, "MAX_NOMINATED_SHARE", 1.0)  # one pair of one: report it
+    bi = np.array([[1.0, 0.0]], np.float32)
+    bj = np.array([[0.999, 0.0]], np.float32)
+    assert len(nominees(bi, bj, 1.0, same=False)[0]) == 0
+    stored = nominees(bi.astype(bound.STORED_DTYPE), bj.astype(bound.STORED_DTYPE), 1.0, same=False)
+    assert stored[0].tolist() == [0] and stored[1].tolist() == [0]
+    far = np.array([[0.997, 0.0]], np.float32).astype(bound.STORED_DTYPE)  # 0.003 below: beyond 2^-9
+    assert len(nominees(bi.astype(bound.STORED_DTYPE), far, 1.0, same=False)[0]) == 0
