@@ -66,7 +66,7 @@ def main() -> None:
     for n, mode in plan + [(n, "ray") for n in ray_sizes]:
         if mode == "ray" and cluster is None:  # started after the local runs, so their process trees exclude it
             cluster = _ray_cluster()
-        path, planted = _data(work, n)
+        path, planted = generated_data(work, n)
         run = _run_child(mode, path, work, n, args, cluster.address if mode == "ray" else None)
         found = np.load(run.pop("pairs"))
         true = planted["cosine"] >= args.threshold
@@ -85,24 +85,26 @@ def main() -> None:
     print(f"\nwritten {RESULTS}")
 
 
-def _data(work: Path, n: int) -> tuple[Path, dict]:
-    """x_N.npy (float16, made once) and its planted pairs with their cosines."""
+def generated_data(work: Path, n: int, giant_share: float = 0.0) -> tuple[Path, dict]:
+    """x_N.npy (float16, made once; x_giantS_N.npy when one concept is forced to hold a share S of the rows) and its
+    planted pairs with their cosines."""
     from sanitize.testing.synthetic import clip_like
 
-    path = work / f"x_{n}.npy"
-    planted_path = work / f"planted_{n}.npz"
+    tag = f"{n}" if giant_share == 0 else f"giant{giant_share:g}_{n}"
+    path = work / f"x_{tag}.npy"
+    planted_path = work / f"planted_{tag}.npz"
     if not (path.exists() and planted_path.exists()):
         t0 = time.perf_counter()
-        tmp = work / f".x_{n}.npy"
+        tmp = work / f".x_{tag}.npy"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, DIM))
-        data = clip_like(n, DIM, seed=DATA_SEED, out=out)
+        data = clip_like(n, DIM, seed=DATA_SEED, giant_share=giant_share, out=out)
         out.flush()
         a, b = data.planted_pairs()
         cos = _cosines(out, a, b)
         del out, data
         os.replace(tmp, path)
         np.savez(planted_path, a=a, b=b, cosine=cos)
-        print(f"n={n}: generated in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{path.name}: generated in {time.perf_counter() - t0:.0f} s", flush=True)
     planted = dict(np.load(planted_path))
     return path, planted
 

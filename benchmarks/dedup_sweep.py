@@ -3,11 +3,12 @@
     python benchmarks/dedup_sweep.py [--rows 1000000] [--thresholds 0.90,0.92,0.95,0.98]
                                      [--shapes balanced,skewed] [--mode sharded|memory] [--workdir DIR]
 
-Data: CLIP-like float16 rows (d = 512, planted near-duplicates, `sanitize.testing.synthetic.clip_like`, as
-benchmarks/dedup_scale.py makes them); "skewed" forces one concept to hold 20% of the rows (`giant_share=0.2`).
-Each (shape, threshold) runs `find_duplicates_sharded` (what `sanitize dedup` runs; `--mode memory`: the in-memory
-`find_duplicates`) with default options in a fresh child process, and reports the seconds of each phase, the pair
-recall the run reports about itself and the recall of the planted pairs at or above the threshold.
+Data: CLIP-like float16 rows (d = 512, planted near-duplicates, `sanitize.testing.synthetic.clip_like`, made and
+kept by benchmarks/dedup_scale.py's `generated_data`); "skewed" forces one concept to hold 20% of the rows
+(`giant_share=0.2`). Each (shape, threshold) runs `find_duplicates_sharded` (what `sanitize dedup` runs;
+`--mode memory`: the in-memory `find_duplicates`) with default options in a fresh child process, and reports the
+seconds of each phase, the pair recall the run reports about itself and the recall of the planted pairs at or
+above the threshold.
 
 The limit of a phase is the time its matrix products take at the float32 GEMM rate measured here for the same
 shapes (one thread per core, times the cores): training, FAISS k-means on the samples; assignment, the projection
@@ -33,6 +34,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from dedup_scale import generated_data  # noqa: E402
 
 from sanitize.dedup.parallel import default_workers  # noqa: E402
 from sanitize.io.atomic import write_json  # noqa: E402
@@ -59,7 +63,7 @@ def main() -> None:
     rates = gemm_rates(args.rows)
     runs = []
     for shape in args.shapes.split(","):
-        path, planted = _data(work, args.rows, shape)
+        path, planted = generated_data(work, args.rows, SHAPES[shape])
         for threshold in (float(t) for t in args.thresholds.split(",")):
             run = _run_child(path, work, threshold, args.mode)
             found = np.load(run.pop("pairs"))
@@ -75,32 +79,6 @@ def main() -> None:
     write_json(RESULTS, result)
     print(_markdown(result))
     print(f"\nwritten {RESULTS}")
-
-
-def _data(work: Path, n: int, shape: str) -> tuple[Path, dict]:
-    """x_<shape>_N.npy (float16, made once) and its planted pairs with their cosines."""
-    from sanitize.testing.synthetic import clip_like
-
-    path, planted_path = work / f"x_{shape}_{n}.npy", work / f"planted_{shape}_{n}.npz"
-    if not (path.exists() and planted_path.exists()):
-        t0 = time.perf_counter()
-        tmp = work / f".x_{shape}_{n}.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, DIM))
-        data = clip_like(n, DIM, seed=0, giant_share=SHAPES[shape], out=out)
-        out.flush()
-        a, b = data.planted_pairs()
-        cos = np.concatenate([np.einsum("ij,ij->i", _unit(out[a[i : i + 65536]]), _unit(out[b[i : i + 65536]]))
-                              for i in range(0, len(a), 65536)] or [np.empty(0)])
-        del out, data
-        os.replace(tmp, path)
-        np.savez(planted_path, a=a, b=b, cosine=cos)
-        print(f"{shape} n={n}: generated in {time.perf_counter() - t0:.0f} s", flush=True)
-    return path, dict(np.load(planted_path))
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def gemm_rates(n_rows: int) -> dict[str, float]:

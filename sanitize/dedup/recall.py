@@ -71,8 +71,9 @@ def true_pairs_of_sample(
     queries = x[sample]
     cut = threshold - CANDIDATE_MARGIN
 
+    query_bounds = None if projection is None else bound_rows(queries, projection)
     found = (task_map or thread_map)(_search_block, list(range(0, len(rows), block_rows)),
-                                     (x, queries, rows, cut, block_rows, projection), workers)
+                                     (x, queries, query_bounds, rows, cut, block_rows, projection), workers)
     q = np.concatenate([q for q, _ in found])
     j = np.concatenate([j for _, j in found])
     not_self = j != sample[q]
@@ -90,13 +91,14 @@ def true_pairs_of_sample(
     return q[first], a[first], b[first]
 
 
-def _search_block(x, queries: np.ndarray, rows: np.ndarray, cut: float, block_rows: int,
-                  projection: np.ndarray | None, start: int) -> tuple[np.ndarray, np.ndarray]:
-    """One task of `true_pairs_of_sample`: (query position, row id) of every hit in one block of rows."""
+def _search_block(x, queries: np.ndarray, query_bounds: np.ndarray | None, rows: np.ndarray, cut: float,
+                  block_rows: int, projection: np.ndarray | None, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """One task of `true_pairs_of_sample`: (query position, row id) of every hit in one block of rows (searched on
+    the bound rows when `projection` is given; `query_bounds`: the queries' bound rows, made once)."""
     ids = rows[start : start + block_rows]
     block = x[ids]
-    bounds = (None, None) if projection is None else (bound_rows(queries, projection), bound_rows(block, projection))
-    q, j, _ = block_hits(queries, block, cut, same=False, bi=bounds[0], bj=bounds[1])
+    block_bounds = None if projection is None else bound_rows(block, projection)
+    q, j, _ = block_hits(queries, block, cut, same=False, bi=query_bounds, bj=block_bounds)
     return q, ids[j]
 
 
