@@ -48,13 +48,14 @@ class ShardEmbeddings:
     """The embeddings of one shard.
 
     `img_emb` and `text_emb`: float16 (n_ok, dim), L2-normalised rows; row j belongs to table row `ok_rows[j]`
-    (text_emb holds that row's caption, "" for a null caption). `ok_rows`: int64, increasing. `status` and
-    `error`: one entry per table row — "ok" (error None), "missing", "too_large", "skipped_remote",
-    "no_image" or "decode_error:<reason>", with a one-line error message for each row that is not "ok".
+    (text_emb holds that row's caption, "" for a null caption; None when captions were not embedded).
+    `ok_rows`: int64, increasing. `status` and `error`: one entry per table row — "ok" (error None), "missing",
+    "too_large", "skipped_remote", "no_image" or "decode_error:<reason>", with a one-line error message for each
+    row that is not "ok".
     """
 
     img_emb: np.ndarray
-    text_emb: np.ndarray
+    text_emb: np.ndarray | None
     ok_rows: np.ndarray
     status: list[str]
     error: list[str | None]
@@ -74,6 +75,7 @@ def embed_shard(
     num_workers: int = DEFAULT_DECODE_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_decode: bool = False,
+    text: bool = True,
     progress: Callable[[int], Any] | None = None,
 ) -> ShardEmbeddings:
     """Embed the images and captions of one manifest shard.
@@ -86,8 +88,9 @@ def embed_shard(
     `num_workers`: decoding processes (0 decodes in this process). `max_pixels`: larger images are
     "too_large", rejected from their header. `draft_decode`: a JPEG at least twice the model's input size is
     decoded at 1/2, 1/4 or 1/8 scale by the decoder (never below the input size): decoding and resizing cost a
-    fraction, and the embeddings change slightly (README: measured). `progress`: called with the number of rows
-    finished since its last call (a tqdm's `update` fits).
+    fraction, and the embeddings change slightly (README: measured). `text`: embed the captions too (False
+    skips the text tower: `text_emb` is None; the image embeddings are the same either way). `progress`: called
+    with the number of rows finished since its last call (a tqdm's `update` fits).
 
     Raises ConfigError for a bad argument, DataError for an unreadable tar; bad images never raise.
     """
@@ -117,7 +120,7 @@ def embed_shard(
         pin_memory=model.device.type == "cuda",
     )
     captions = _column(table, "caption")
-    batches = _ModelBatches(model, captions, batch_size)
+    batches = _ModelBatches(model, captions if text else None, batch_size)
     for decoded in loader if sources else ():
         for row, row_status, row_error in zip(decoded.rows, decoded.status, decoded.error, strict=True):
             status[row] = row_status
@@ -224,9 +227,10 @@ def _collate(items: list[tuple[int, torch.Tensor | None, str, str | None]]) -> _
 
 
 class _ModelBatches:
-    """Regroups decoded images into model batches of exactly `batch_size` and embeds them with their captions."""
+    """Regroups decoded images into model batches of exactly `batch_size` and embeds them with their captions
+    (none when `captions` is None)."""
 
-    def __init__(self, model: ClipModel, captions: list[str | None], batch_size: int) -> None:
+    def __init__(self, model: ClipModel, captions: list[str | None] | None, batch_size: int) -> None:
         self.model = model
         self.captions = captions
         self.batch_size = batch_size
@@ -244,12 +248,12 @@ class _ModelBatches:
         while len(self.pending_rows) >= self.batch_size:
             self._run(self.batch_size)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         if self.pending_rows:
             self._run(len(self.pending_rows))
         return (
             np.concatenate(self.img_parts),
-            np.concatenate(self.text_parts),
+            np.concatenate(self.text_parts) if self.captions is not None else None,
             np.asarray(self.rows, dtype=np.int64),
         )
 
@@ -258,7 +262,8 @@ class _ModelBatches:
         rows = self.pending_rows[:size]
         self.pending_rows = self.pending_rows[size:]
         self.pending_images = [images[size:]] if len(self.pending_rows) else []
-        texts = [self.captions[row] or "" for row in rows]
         self.img_parts.append(self.model.encode_images(images[:size]).astype(np.float16))
-        self.text_parts.append(self.model.encode_text(texts, batch_size=size).astype(np.float16))
+        if self.captions is not None:
+            texts = [self.captions[row] or "" for row in rows]
+            self.text_parts.append(self.model.encode_text(texts, batch_size=size).astype(np.float16))
         self.rows.extend(rows)

@@ -91,7 +91,7 @@ def plan_pipeline(manifest: Manifest, config: PipelineConfig, out: str | os.Path
     running = {p.stage for p in plans if p.action == "run"}
     for stage in pipeline_stages(config):
         if stage.name in running:
-            stage.check_plan(running, finished, str(out))
+            stage.check_plan(running, finished, str(out), config)
     return plans
 
 

@@ -143,9 +143,10 @@ class Stage(abc.ABC):
     def prepare(self, seed: int) -> None:  # noqa: B027  (optional hook: most stages need nothing here)
         """Load what can fail before the run folder is touched (e.g. model weights). Default: nothing."""
 
-    def check_plan(self, running: set[str], finished: set[str], out: str) -> None:
+    def check_plan(self, running: set[str], finished: set[str], out: str, config: Any) -> None:
         """Raise ConfigError when this stage cannot run in a plan where `running` stages run and `finished` ones
-        have results in the run folder. Default: every stage in `requires` runs or has finished."""
+        have results in the run folder (`config`: the whole `PipelineConfig`, for what other stages will write).
+        Default: every stage in `requires` runs or has finished."""
         for need in self.requires:
             if need not in running and need not in finished:
                 raise ConfigError(f"{out}: the {need} stage is skipped but the folder has no {need} results, which "

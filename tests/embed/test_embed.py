@@ -136,6 +136,19 @@ def test_batch_size_changes_nothing_beyond_float16_rounding(tiny_model, image_fo
         np.testing.assert_allclose(other.text_emb, mixed_result.text_emb, atol=1e-3, rtol=0)
 
 
+def test_without_text_the_image_embeddings_and_statuses_are_unchanged(tiny_model, image_folder, mixed_result,
+                                                                        monkeypatch):
+    def no_text_tower(*args, **kwargs):
+        raise AssertionError("the text tower ran")
+
+    monkeypatch.setattr(tiny_model, "encode_text", no_text_tower)
+    images_only = embed_shard(mixed_table(), tiny_model, image_root=image_folder, batch_size=4, text=False)
+    assert images_only.text_emb is None
+    assert images_only.status == mixed_result.status and images_only.error == mixed_result.error
+    assert np.array_equal(images_only.ok_rows, mixed_result.ok_rows)
+    assert np.array_equal(images_only.img_emb, mixed_result.img_emb)
+
+
 def test_progress_counts_every_row_once(tiny_model, image_folder):
     seen: list[int] = []
     embed_shard(mixed_table(), tiny_model, image_root=image_folder, batch_size=3, num_workers=0, progress=seen.append)

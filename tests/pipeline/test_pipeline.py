@@ -107,6 +107,16 @@ def test_skips_and_their_checks(world, tmp_path):
     assert only_audit.exit_code == 2 and "audit needs a filter stage" in only_audit.output
 
 
+def test_align_is_refused_before_anything_runs_when_captions_are_not_embedded(world, tmp_path):
+    stages = 'run.stages=["embed", "align", "classify", "dedup", "audit", "export"]'
+    result = invoke(*world.args(tmp_path / "r", "--set", stages, "--set", "embed.text=false"))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: the align stage needs caption embeddings, but embed.text "
+                                                  "is false (--no-text); embed the captions or leave align out of "
+                                                  "run.stages"]
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_config_and_engine_errors_are_one_line(world, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[dedup]\ntreshold = 0.9\n")

@@ -65,6 +65,12 @@ class AlignStage(Stage):
     runs_by_default = False
     summary = "image–text alignment: CLIP score by threshold or top fraction"
 
+    def check_plan(self, running: set[str], finished: set[str], out: str, config) -> None:
+        super().check_plan(running, finished, out, config)
+        if "embed" in running and not config["embed"].text:
+            raise ConfigError("the align stage needs caption embeddings, but embed.text is false (--no-text); "
+                              "embed the captions or leave align out of run.stages")
+
     def run(self, context: StageContext) -> StageResult:
         started = time.perf_counter()
         run, c = context.run, self.config

@@ -68,10 +68,10 @@ class AuditStage(Stage):
     role = "report"
     summary = "attributes per row, counts per filter stage, statistics, flags, weights, report"
 
-    def check_plan(self, running: set[str], finished: set[str], out: str) -> None:
+    def check_plan(self, running: set[str], finished: set[str], out: str, config) -> None:
         from sanitize.pipeline.registry import stage_classes
 
-        super().check_plan(running, finished, out)
+        super().check_plan(running, finished, out, config)
         filters = [s.name for s in stage_classes() if s.role == "filter"]
         if not (set(filters) & (running | finished)):
             raise ConfigError(f"audit needs a filter stage ({' or '.join(filters)}) to audit; none is run or "

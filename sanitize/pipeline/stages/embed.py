@@ -54,6 +54,9 @@ class EmbedConfig:
                              low=1)
     draft_decode: bool = option(False, "Decode large JPEGs at the model's input scale (Pillow draft mode): faster "
                                        "decoding and resizing; embeddings change slightly (README).")
+    text: bool = option(True, "Embed the captions too (text_emb/). --no-text skips the text tower (~12% of the "
+                              "embedding time, README) when no stage reads caption embeddings; the align stage "
+                              "does, and refuses a plan without them.", flag="--text/--no-text")
 
 
 class EmbedStage(Stage):
@@ -95,7 +98,7 @@ class EmbedStage(Stage):
 
         screened = screening_digest(run, len(manifest.files))
         config = embed_config(self.model, batch_size=c.batch_size, max_pixels=c.max_pixels,
-                              draft_decode=c.draft_decode)
+                              draft_decode=c.draft_decode, text=c.text)
         run.begin_stage(STAGE, {**config, "screened": screened} if screened else config,
                         role=self.role, clear=(run.stage_dir(STAGE), run.embeddings_dir))
         todo = run.todo(STAGE, len(manifest.files))
@@ -104,19 +107,24 @@ class EmbedStage(Stage):
                 bar(pq.ParquetFile(manifest.files[index]).metadata.num_rows)
         worker = EmbedShardWorker(manifest, run.path, model_config(self.model), batch_size=c.batch_size,
                                   num_workers=c.workers, max_pixels=c.max_pixels, draft_decode=c.draft_decode,
-                                  model=self.model, progress=bar,
+                                  text=c.text, model=self.model, progress=bar,
                                   screened=screened is not None)
         context.engine.map_shards(worker, todo, progress=(lambda n: bar(n) if n else None) if bar else None)
         return context.result(self, started, stored_counts(run, STAGE))
 
 
-def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int, draft_decode: bool = False
-                 ) -> dict[str, Any]:
+def embed_config(model: ClipModel, *, batch_size: int, max_pixels: int, draft_decode: bool = False,
+                 text: bool = True) -> dict[str, Any]:
     """What decides the embed stage's output (its fingerprint): model, weights, precision, batch size, limits,
-    and draft decoding when it is on (so runs made without it keep their fingerprint)."""
+    and draft decoding when it is on and captions when they are off (so runs made without these keys keep their
+    fingerprint)."""
     config = {"model": model.name, "pretrained": str(model.pretrained), "precision": model.precision,
               "dim": model.dim, "seed": model.seed, "batch_size": batch_size, "max_pixels": max_pixels}
-    return {**config, "draft_decode": True} if draft_decode else config
+    if draft_decode:
+        config["draft_decode"] = True
+    if not text:
+        config["text"] = False
+    return config
 
 
 def model_config(model: ClipModel) -> dict[str, Any]:
@@ -125,7 +133,7 @@ def model_config(model: ClipModel) -> dict[str, Any]:
 
 
 def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipModel, *, batch_size: int,
-                    num_workers: int, max_pixels: int, draft_decode: bool = False,
+                    num_workers: int, max_pixels: int, draft_decode: bool = False, text: bool = True,
                     progress: Callable[[int], Any] | None = None,
                     screened: bool = False) -> int:
     """Embed shard ``index`` of ``manifest`` into ``run``: embedding files, the stage sidecar, then the marker.
@@ -143,7 +151,7 @@ def embed_one_shard(manifest: Manifest, run: RunFolder, index: int, model: ClipM
             progress(rows - shard.table.num_rows)
     result = embed_shard(shard.table, model, image_root=manifest.image_root, tar_path=shard.tar_path,
                          batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,
-                         draft_decode=draft_decode,
+                         draft_decode=draft_decode, text=text,
                          progress=progress)
     meta = shard.table.take(pa.array(result.ok_rows)).select(["uid", "caption", "url", "image", "key",
                                                                "shard", "row"])
@@ -184,7 +192,7 @@ class EmbedShardWorker:
 
     def __init__(self, manifest: Manifest, run_path: str | os.PathLike, model_config: dict[str, Any], *,
                  batch_size: int, num_workers: int, max_pixels: int, draft_decode: bool = False,
-                 model: ClipModel | None = None,
+                 text: bool = True, model: ClipModel | None = None,
                  progress: Callable[[int], Any] | None = None, screened: bool = False) -> None:
         self.manifest = manifest
         self.run_path = Path(run_path)
@@ -193,6 +201,7 @@ class EmbedShardWorker:
         self.num_workers = num_workers
         self.max_pixels = max_pixels
         self.draft_decode = draft_decode
+        self.text = text
         self.model = model
         self.progress = progress
         self.screened = screened
@@ -211,7 +220,8 @@ class EmbedShardWorker:
         self.setup()
         rows = embed_one_shard(self.manifest, RunFolder(self.run_path), index, self.model,
                                batch_size=self.batch_size, num_workers=self.num_workers,
-                               max_pixels=self.max_pixels, draft_decode=self.draft_decode, progress=self.progress,
+                               max_pixels=self.max_pixels, draft_decode=self.draft_decode, text=self.text,
+                               progress=self.progress,
                                screened=self.screened)
         return 0 if self.progress is not None else rows
 

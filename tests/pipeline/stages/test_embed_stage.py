@@ -70,3 +70,16 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, model):
     whole_files, broken_files = files_bytes(whole.path), files_bytes(broken.path)
     whole_files.pop("run.json"), broken_files.pop("run.json")
     assert whole_files == broken_files
+
+
+def test_no_text_writes_no_caption_embeddings_and_is_its_own_fingerprint(tmp_path, model):
+    m = open_manifest(write_img2dataset_fixture(tmp_path / "in", 21, n_shards=3))
+    both = RunFolder.create(tmp_path / "both", m)
+    run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0), model=model), both)
+    images = RunFolder.create(tmp_path / "images", m)
+    stats = run_stage(EmbedStage(EmbedConfig(batch_size=4, workers=0, text=False), model=model), images).to_dict()
+    assert stats["kept"] == 18
+    assert not (images.embeddings_dir / "text_emb").exists()
+    for a, b in zip(open_embeddings(both.path).shards(), open_embeddings(images.path).shards(), strict=True):
+        assert b.text_emb is None and np.array_equal(a.img_emb, b.img_emb) and np.array_equal(a.uids, b.uids)
+    assert images.stage_config("embed")["text"] is False and "text" not in both.stage_config("embed")
