@@ -5,8 +5,9 @@
 (sharded, with shards/scan/buckets/components); the modules hold their pure parts:
 vectors (checks, unit rows), exact (byte/hash-equal rows), clustering (FAISS k-means on a PCA subspace),
 pairs (blockwise search inside clusters), groups (components and keep policy), recall (exact check on a
-sample), checkpoint (resume per clustering), parallel (worker threads with single-threaded BLAS), defaults (the
-default options, importable without FAISS).
+sample), checkpoint (resume per clustering), parallel (worker threads with single-threaded BLAS), options (the
+search options both entry points share: checks, derived seeds), clock (seconds per phase), defaults (the default
+options, importable without FAISS).
 
 The names below are imported from their module on first use, so `import sanitize.dedup.defaults` stays cheap.
 """
@@ -24,6 +25,7 @@ _EXPORTS = {
     "DedupResult": "run",
     "GroupDecisions": "groups",
     "RecallEstimate": "recall",
+    "SearchOptions": "options",
     "UnitRows": "vectors",
     "assign_clusters": "clustering",
     "checked_unit_rows": "vectors",

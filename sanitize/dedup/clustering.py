@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from sanitize.dedup.defaults import DEFAULT_KMEANS_ITERATIONS, DEFAULT_POINTS_PER_CENTROID
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, row_norms
 from sanitize.errors import ConfigError
@@ -107,8 +108,8 @@ def train_centroids(
     *,
     rows: np.ndarray | None = None,
     seed: int = 0,
-    max_points_per_centroid: int = 32,
-    n_iter: int = 10,
+    max_points_per_centroid: int = DEFAULT_POINTS_PER_CENTROID,
+    n_iter: int = DEFAULT_KMEANS_ITERATIONS,
     projection: np.ndarray | None = None,
 ) -> np.ndarray:
     """Spherical k-means centroids ((n_clusters, dims) float32, unit rows) of the unit rows `x[rows]`.
@@ -130,8 +131,9 @@ def train_centroids(
                             max_points_per_centroid=max_points_per_centroid, n_iter=n_iter)
 
 
-def kmeans_centroids(train: np.ndarray, n_clusters: int, *, seed: int, max_points_per_centroid: int = 32,
-                     n_iter: int = 10) -> np.ndarray:
+def kmeans_centroids(train: np.ndarray, n_clusters: int, *, seed: int,
+                     max_points_per_centroid: int = DEFAULT_POINTS_PER_CENTROID,
+                     n_iter: int = DEFAULT_KMEANS_ITERATIONS) -> np.ndarray:
     """Spherical k-means centroids ((n_clusters, dims) float32, unit rows) of the (projected) unit rows `train`,
     all of which are used (the caller draws the sample). `seed` seeds FAISS. Same rows and seed, same centroids."""
     d = train.shape[1]

@@ -43,13 +43,14 @@ from sanitize.dedup.buckets import (
     split_parts,
     true_pairs,
 )
+from sanitize.dedup.clock import PhaseClock
 from sanitize.dedup.components import compact_ids
-from sanitize.dedup.defaults import DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.defaults import DEFAULT_BLOCK_ROWS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.groups import decide_groups, keep_priority
-from sanitize.dedup.pairs import CANDIDATE_MARGIN, DEFAULT_BLOCK_ROWS
+from sanitize.dedup.options import RECALL_STREAM, stream_seed
+from sanitize.dedup.pairs import CANDIDATE_MARGIN
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.recall import RecallEstimate
-from sanitize.dedup.run import _RECALL_STREAM, _PhaseClock, _stream_seed
 from sanitize.dedup.scan import scan_shards
 from sanitize.dedup.shards import ShardedRows, shard_offsets, unit_rows, write_node_rows
 from sanitize.errors import ConfigError, DataError
@@ -218,7 +219,7 @@ def find_duplicates_since(
     tasks = task_map or thread_map
     if not -1 <= threshold <= 1:
         raise ConfigError(f"threshold must be in [-1, 1], got {threshold}")
-    clock = _PhaseClock()
+    clock = PhaseClock()
     sizes = [int(s) for s in rows.shard_sizes()]
     offsets = shard_offsets(sizes)
     n = int(offsets[-1])
@@ -261,7 +262,7 @@ def find_duplicates_since(
     clock.lap("groups")
     recall = None
     if recall_sample > 0:
-        rng = np.random.default_rng(_stream_seed(seed, _RECALL_STREAM, 0))
+        rng = np.random.default_rng(stream_seed(seed, RECALL_STREAM, 0))
         sample = reps.sample(rng, min(recall_sample, len(reps)))
         recall = _recall(rows, index, work, sample, members, a[source >= 0], b[source >= 0], threshold,
                          len(reps), tasks)

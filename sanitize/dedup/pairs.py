@@ -15,13 +15,13 @@ import logging
 import numpy as np
 
 from sanitize.dedup.bound import block_hits, bound_rows
+from sanitize.dedup.defaults import DEFAULT_BLOCK_ROWS
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, pair_cosines
 from sanitize.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BLOCK_ROWS = 4096
 # float32 matrix products of unit rows of a few thousand dimensions are off by < 1e-5.
 CANDIDATE_MARGIN = 1e-4
 

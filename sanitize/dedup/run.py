@@ -2,7 +2,7 @@
 
 `find_duplicates` runs these phases in order, each a function below:
 
-1. `_check_options`, `_checked_input`: options and rows are valid; unit-length view, keep priority.
+1. `SearchOptions`, `_checked_input`: options and rows are valid; unit-length view, keep priority.
 2. `_exact_path`: byte-equal or hash-equal rows pair up without any search.
 3. `_clustering_passes`: k-means clusterings of the distinct rows, each resumed from its checkpoint when saved
    there; the others trained, assigned in one read of the rows for all of them (`_assign_pending`), and searched.
@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from sanitize.dedup.checkpoint import data_fingerprint, load_clustering, save_clustering
+from sanitize.dedup.clock import PhaseClock
 from sanitize.dedup.clustering import (
     assign_to_clusterings,
     default_n_clusters,
@@ -32,10 +31,20 @@ from sanitize.dedup.clustering import (
     fit_projection,
     train_centroids,
 )
-from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.defaults import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_CLUSTERING_DIMS,
+    DEFAULT_CLUSTERINGS,
+    DEFAULT_KEEP,
+    DEFAULT_KMEANS_ITERATIONS,
+    DEFAULT_POINTS_PER_CENTROID,
+    DEFAULT_RECALL_SAMPLE,
+    DEFAULT_THRESHOLD,
+)
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
-from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS, pair_keys, same_cluster_pairs, within_cluster_candidates
+from sanitize.dedup.options import SearchOptions
+from sanitize.dedup.pairs import pair_keys, same_cluster_pairs, within_cluster_candidates
 from sanitize.dedup.parallel import TaskMap
 from sanitize.dedup.recall import RecallEstimate, sampled_pair_recall
 from sanitize.dedup.vectors import UnitRows, checked_unit_rows, pair_cosines
@@ -44,7 +53,6 @@ from sanitize.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 EXACT = -1  # `clustering` value of pairs found by the exact path
-_CLUSTERING_STREAM, _RECALL_STREAM, _PROJECTION_STREAM = 0, 1, 2
 _PASS_PHASES = ("train", "assign", "pairs")  # timed inside each clustering pass, summed over the passes
 
 Progress = Callable[[str, int, int], None]
@@ -72,25 +80,6 @@ class DedupResult:
 
 
 @dataclass(frozen=True)
-class _Options:
-    """The options of one `find_duplicates` call that its phases share; see its docstring for each."""
-
-    threshold: float
-    n_clusterings: int
-    n_clusters: int | None
-    seed: int
-    refuse_chains: bool
-    recall_sample: int
-    block_rows: int
-    max_points_per_centroid: int
-    kmeans_iterations: int
-    clustering_dims: int | None
-    workers: int | None
-    checkpoint_dir: str | Path | None
-    task_map: TaskMap | None
-
-
-@dataclass(frozen=True)
 class _ExactPath:
     """Byte-equal or hash-equal rows.
 
@@ -114,30 +103,6 @@ class _UnitedPairs:
     source: np.ndarray
 
 
-class _PhaseClock:
-    """Seconds per phase, in the order the phases finish, then the total."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._start = self._last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        """Record the time since the previous record (or the start) as `phase`."""
-        now = time.perf_counter()
-        self.seconds[phase] = now - self._last
-        self._last = now
-
-    def record(self, seconds: dict[str, float]) -> None:
-        """Record phases timed elsewhere; the time since the previous record is not counted again."""
-        self.seconds.update(seconds)
-        self._last = time.perf_counter()
-
-    def stop(self) -> dict[str, float]:
-        """Record the total since the start; return all phases."""
-        self.seconds["total"] = time.perf_counter() - self._start
-        return self.seconds
-
-
 def find_duplicates(
     x: np.ndarray,
     *,
@@ -152,9 +117,9 @@ def find_duplicates(
     require_normalized: bool = False,
     recall_sample: int = DEFAULT_RECALL_SAMPLE,
     block_rows: int = DEFAULT_BLOCK_ROWS,
-    max_points_per_centroid: int = 32,
-    kmeans_iterations: int = 10,
-    clustering_dims: int | None = 128,
+    max_points_per_centroid: int = DEFAULT_POINTS_PER_CENTROID,
+    kmeans_iterations: int = DEFAULT_KMEANS_ITERATIONS,
+    clustering_dims: int | None = DEFAULT_CLUSTERING_DIMS,
     workers: int | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -184,15 +149,14 @@ def find_duplicates(
     row. Raises ConfigError for bad options, DataError for bad data (NaN/inf or zero rows, wrong shape,
     all rows identical, hashes or keep_values not one per row).
     """
-    options = _Options(
+    options = SearchOptions(
         threshold=threshold, n_clusterings=n_clusterings, n_clusters=n_clusters, seed=seed,
         refuse_chains=refuse_chains, recall_sample=recall_sample, block_rows=block_rows,
         max_points_per_centroid=max_points_per_centroid, kmeans_iterations=kmeans_iterations,
-        clustering_dims=clustering_dims, workers=workers, checkpoint_dir=checkpoint_dir, task_map=task_map,
+        clustering_dims=clustering_dims,
     )
-    _check_options(options)
     report = progress or _no_progress
-    clock = _PhaseClock()
+    clock = PhaseClock()
 
     view, priority = _checked_input(x, keep_values, keep, require_normalized)
     clock.lap("check")
@@ -205,7 +169,9 @@ def find_duplicates(
     k = _cluster_count(n_clusters, len(exact.reps))
     projection = _clustering_projection(view, exact.reps, options)
     clock.lap("projection")
-    candidate_keys, clustering_stats = _clustering_passes(x, view, exact, k, projection, options, report)
+    candidate_keys, clustering_stats = _clustering_passes(x, view, exact, k, projection, options, report,
+                                                          workers=workers, task_map=task_map,
+                                                          checkpoint_dir=checkpoint_dir)
     clock.record(_pass_seconds(clustering_stats))
 
     pairs = _union_pairs(view, exact, candidate_keys, threshold)
@@ -217,7 +183,7 @@ def find_duplicates(
 
     recall = None
     if recall_sample > 0:
-        recall = _recall_check(view, pairs, exact.reps, projection, options)
+        recall = _recall_check(view, pairs, exact.reps, projection, options, workers=workers, task_map=task_map)
         clock.lap("recall")
         _log_recall(recall)
         report("recall", 1, 1)
@@ -265,38 +231,39 @@ def _cluster_count(n_clusters: int | None, n_distinct: int) -> int:
     return k
 
 
-def _clustering_projection(view: UnitRows, reps: np.ndarray, options: _Options) -> np.ndarray | None:
+def _clustering_projection(view: UnitRows, reps: np.ndarray, options: SearchOptions) -> np.ndarray | None:
     """The principal directions all clusterings share (fit on the distinct rows), or None for full dimension."""
     dims = options.clustering_dims
     if dims is None or dims >= view.shape[1]:
         return None
-    return fit_projection(view, dims, rows=reps, seed=_stream_seed(options.seed, _PROJECTION_STREAM, 0))
+    return fit_projection(view, dims, rows=reps, seed=options.projection_seed())
 
 
 def _clustering_passes(
-    x: np.ndarray, view: UnitRows, exact: _ExactPath, k: int, projection: np.ndarray | None, options: _Options,
-    report: Progress,
+    x: np.ndarray, view: UnitRows, exact: _ExactPath, k: int, projection: np.ndarray | None, options: SearchOptions,
+    report: Progress, *, workers: int | None, task_map: TaskMap | None, checkpoint_dir: str | Path | None,
 ) -> tuple[list[np.ndarray], list[dict]]:
     """Phase 3: for each of the `n_clusterings` clusterings, the `pair_keys` of its candidates and its stats.
 
-    Clusterings saved in the checkpoint folder are loaded; the others are trained one after another, their rows
+    Clusterings saved in `checkpoint_dir` are loaded; the others are trained one after another, their rows
     assigned in one read for all of them (`assign_to_clusterings`), then searched one by one, each saved as it
     finishes.
     """
-    n, folder = options.n_clusterings, options.checkpoint_dir
+    n, folder = options.n_clusterings, checkpoint_dir
     key_base = _checkpoint_key(x, exact.rep, k, options)
-    seeds = [_stream_seed(options.seed, _CLUSTERING_STREAM, c) for c in range(n)]
+    seeds = [options.clustering_seed(c) for c in range(n)]
     keys = [{**key_base, "clustering": c, "seed": seeds[c]} for c in range(n)]
     saved = [load_clustering(folder, c, keys[c]) if folder is not None else None for c in range(n)]
     pending = [c for c in range(n) if saved[c] is None]
-    labels, train_seconds, assign_seconds = _assign_pending(view, exact.reps, k, projection, seeds, pending, options)
+    labels, train_seconds, assign_seconds = _assign_pending(view, exact.reps, k, projection, seeds, pending, options,
+                                                            workers=workers, task_map=task_map)
     candidate_keys, clustering_stats = [], []
     for c in range(n):
         if saved[c] is None:
             t0 = time.perf_counter()
             ca, cb = within_cluster_candidates(view, labels[c], options.threshold, rows=exact.reps,
-                                               block_rows=options.block_rows, workers=options.workers,
-                                               task_map=options.task_map, projection=projection)
+                                               block_rows=options.block_rows, workers=workers,
+                                               task_map=task_map, projection=projection)
             pairs_seconds = time.perf_counter() - t0
             if folder is not None:
                 save_clustering(folder, c, keys[c], ca, cb)
@@ -321,7 +288,7 @@ def _cluster_sizes(labels: np.ndarray) -> dict[str, int]:
 
 def _assign_pending(
     view: UnitRows, reps: np.ndarray, k: int, projection: np.ndarray | None, seeds: list[int], pending: list[int],
-    options: _Options,
+    options: SearchOptions, *, workers: int | None, task_map: TaskMap | None,
 ) -> tuple[dict[int, np.ndarray], dict[int, float], float]:
     """Centroids of each pending clustering (trained on its own sample), then every distinct row's cluster in each,
     in one read. Returns the labels and training seconds by clustering, and the assignment's seconds per clustering.
@@ -338,12 +305,12 @@ def _assign_pending(
     t0 = time.perf_counter()
     all_rows = len(reps) == len(view)
     labels = assign_to_clusterings(view, [centroids[c] for c in pending], rows=None if all_rows else reps,
-                                   projection=projection, workers=options.workers, task_map=options.task_map)
+                                   projection=projection, workers=workers, task_map=task_map)
     assign_seconds = (time.perf_counter() - t0) / max(len(pending), 1)
     return dict(zip(pending, labels, strict=True)), train_seconds, assign_seconds
 
 
-def _checkpoint_key(x: np.ndarray, exact_rep: np.ndarray, k: int, options: _Options) -> dict:
+def _checkpoint_key(x: np.ndarray, exact_rep: np.ndarray, k: int, options: SearchOptions) -> dict:
     """What a saved clustering must match to be resumed: the data and the options that shape the clusterings."""
     return {
         "data": data_fingerprint(x, exact_rep),
@@ -376,13 +343,13 @@ def _union_pairs(view: UnitRows, exact: _ExactPath, candidate_keys: list[np.ndar
 
 
 def _recall_check(view: UnitRows, pairs: _UnitedPairs, reps: np.ndarray, projection: np.ndarray | None,
-                  options: _Options) -> RecallEstimate:
+                  options: SearchOptions, *, workers: int | None, task_map: TaskMap | None) -> RecallEstimate:
     """Phase 5: share of the true pairs among the distinct rows that the clusterings found (exact pairs aside)."""
     found = pairs.source != EXACT
     return sampled_pair_recall(view, pair_keys(pairs.a[found], pairs.b[found], len(view)), options.threshold,
                                rows=reps, sample_size=options.recall_sample,
-                               seed=_stream_seed(options.seed, _RECALL_STREAM, 0), workers=options.workers,
-                               task_map=options.task_map, projection=projection)
+                               seed=options.recall_seed(), workers=workers, task_map=task_map,
+                               projection=projection)
 
 
 def _result_tables(pairs: _UnitedPairs, decisions: GroupDecisions) -> tuple[pa.Table, pa.Table]:
@@ -405,7 +372,7 @@ def _result_tables(pairs: _UnitedPairs, decisions: GroupDecisions) -> tuple[pa.T
 
 
 def _result_stats(
-    exact: _ExactPath, pairs: _UnitedPairs, decisions: GroupDecisions, k: int, options: _Options,
+    exact: _ExactPath, pairs: _UnitedPairs, decisions: GroupDecisions, k: int, options: SearchOptions,
     clustering_stats: list[dict], seconds: dict[str, float], recall: RecallEstimate | None,
 ) -> dict:
     """Phase 6: the JSON-ready `DedupResult.stats` (keys in the order they are written)."""
@@ -430,38 +397,6 @@ def _result_stats(
         "seconds": seconds,
         "recall": recall.to_dict() if recall is not None else None,
     }
-
-
-def _check_options(options: _Options) -> None:
-    """Phase 1: raise ConfigError naming the first option out of range (threshold first)."""
-    threshold = options.threshold
-    if (
-        not isinstance(threshold, numbers.Real)
-        or isinstance(threshold, bool)
-        or math.isnan(threshold)
-        or not -1.0 <= threshold <= 1.0
-    ):
-        raise ConfigError(f"threshold must be a cosine in [-1, 1], got {threshold!r}")
-    for name, low in (
-        ("n_clusterings", 1),
-        ("seed", 0),
-        ("recall_sample", 0),
-        ("block_rows", 1),
-        ("max_points_per_centroid", 1),
-        ("kmeans_iterations", 1),
-    ):
-        value = getattr(options, name)
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name in ("n_clusters", "clustering_dims"):
-        value = getattr(options, name)
-        if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-
-
-def _stream_seed(seed: int, stream: int, index: int) -> int:
-    """Independent seed for (stream, index): clustering c gets the same seed whatever n_clusterings is."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def _log_recall(recall: RecallEstimate) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from sanitize.dedup.buckets import BUCKET_ROWS, PART_ROWS, AssignPlan, assign_part, search_pairs, split_parts
+from sanitize.dedup.clock import PhaseClock
 from sanitize.dedup.clustering import (
     default_n_clusters,
     faiss_gpu_count,
@@ -44,21 +45,21 @@ from sanitize.dedup.clustering import (
     project,
 )
 from sanitize.dedup.components import compact_ids
-from sanitize.dedup.defaults import DEFAULT_CLUSTERINGS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
+from sanitize.dedup.defaults import (
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_CLUSTERING_DIMS,
+    DEFAULT_CLUSTERINGS,
+    DEFAULT_KEEP,
+    DEFAULT_KMEANS_ITERATIONS,
+    DEFAULT_POINTS_PER_CENTROID,
+    DEFAULT_RECALL_SAMPLE,
+    DEFAULT_THRESHOLD,
+)
 from sanitize.dedup.groups import decide_groups, keep_priority
-from sanitize.dedup.pairs import DEFAULT_BLOCK_ROWS
+from sanitize.dedup.options import SearchOptions
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.recall import RecallEstimate, recall_from_sample
-from sanitize.dedup.run import (
-    _CLUSTERING_STREAM,
-    _PROJECTION_STREAM,
-    _RECALL_STREAM,
-    EXACT,
-    _check_options,
-    _Options,
-    _PhaseClock,
-    _stream_seed,
-)
+from sanitize.dedup.run import EXACT
 from sanitize.dedup.scan import exact_copies, scan_shards
 from sanitize.dedup.shards import NodeRows, ShardedRows, shard_offsets, write_node_rows
 from sanitize.errors import ConfigError, DataError
@@ -123,9 +124,9 @@ def find_duplicates_sharded(
     require_normalized: bool = False,
     recall_sample: int = DEFAULT_RECALL_SAMPLE,
     block_rows: int = DEFAULT_BLOCK_ROWS,
-    max_points_per_centroid: int = 32,
-    kmeans_iterations: int = 10,
-    clustering_dims: int | None = 128,
+    max_points_per_centroid: int = DEFAULT_POINTS_PER_CENTROID,
+    kmeans_iterations: int = DEFAULT_KMEANS_ITERATIONS,
+    clustering_dims: int | None = DEFAULT_CLUSTERING_DIMS,
     part_rows: int = PART_ROWS,
     bucket_rows: int = BUCKET_ROWS,
     progress: Progress | None = None,
@@ -143,30 +144,25 @@ def find_duplicates_sharded(
     files, centroids, projection, uids) for a later `find_duplicates_since`, instead of deleting them.
     Raises ConfigError for bad options, DataError for bad rows.
     """
-    options = _Options(
+    options = SearchOptions(
         threshold=threshold, n_clusterings=n_clusterings, n_clusters=n_clusters, seed=seed,
         refuse_chains=refuse_chains, recall_sample=recall_sample, block_rows=block_rows,
         max_points_per_centroid=max_points_per_centroid, kmeans_iterations=kmeans_iterations,
-        clustering_dims=clustering_dims, workers=None, checkpoint_dir=None, task_map=task_map,
+        clustering_dims=clustering_dims,
     )
-    _check_options(options)
     if bucket_rows < block_rows or part_rows < 1:
         raise ConfigError(f"bucket_rows must be >= block_rows ({block_rows}) and part_rows >= 1")
     tasks = task_map or thread_map
     report = progress or (lambda phase, done, total: None)
-    clock = _PhaseClock()
+    clock = PhaseClock()
     sizes = [int(s) for s in rows.shard_sizes()]
     offsets = shard_offsets(sizes)
     n = int(offsets[-1])
     if n == 0:
         raise DataError("no embeddings to deduplicate")
-    work = _Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes,
-                                     "threshold": float(threshold),
-                                     "n_clusterings": n_clusterings, "n_clusters": n_clusters, "seed": seed,
-                                     "max_points_per_centroid": max_points_per_centroid,
-                                     "kmeans_iterations": kmeans_iterations, "clustering_dims": clustering_dims,
-                                     "recall_sample": recall_sample, "block_rows": block_rows, "part_rows": part_rows,
-                                     "require_normalized": require_normalized})
+    searched = {k: v for k, v in options.to_dict().items() if k != "refuse_chains"}  # chains: decided at the end
+    work = _Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes, **searched,
+                                     "part_rows": part_rows, "require_normalized": require_normalized})
 
     dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     clock.lap("check")
@@ -318,22 +314,22 @@ class _Samples:
     recall: np.ndarray
 
     @classmethod
-    def draw(cls, reps: _Distinct, k: int, dim: int, options: _Options) -> _Samples:
+    def draw(cls, reps: _Distinct, k: int, dim: int, options: SearchOptions) -> _Samples:
         from sanitize.dedup.clustering import PROJECTION_SAMPLE_ROWS
 
         dims = options.clustering_dims
         projection = np.empty(0, np.int64)
         if dims is not None and dims < dim:
-            rng = np.random.default_rng(_stream_seed(options.seed, _PROJECTION_STREAM, 0))
+            rng = np.random.default_rng(options.projection_seed())
             projection = reps.sample(rng, PROJECTION_SAMPLE_ROWS)
         train, seeds = [], []
         for c in range(options.n_clusterings):
-            rng = np.random.default_rng(_stream_seed(options.seed, _CLUSTERING_STREAM, c))
+            rng = np.random.default_rng(options.clustering_seed(c))
             train.append(reps.sample(rng, k * options.max_points_per_centroid))
             seeds.append(int(rng.integers(0, 2**31 - 1)))
         recall = np.empty(0, np.int64)
         if options.recall_sample > 0:
-            rng = np.random.default_rng(_stream_seed(options.seed, _RECALL_STREAM, 0))
+            rng = np.random.default_rng(options.recall_seed())
             recall = reps.sample(rng, min(options.recall_sample, len(reps)))
         return cls(projection, train, seeds, recall)
 
@@ -341,7 +337,7 @@ class _Samples:
         return np.unique(np.concatenate([self.projection, *self.train, self.recall]))
 
 
-def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, options: _Options) -> np.ndarray | None:
+def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, options: SearchOptions) -> np.ndarray | None:
     """The PCA projection all clusterings share (None: cluster in full dimension), saved in the workdir."""
     if not len(samples.projection):
         return None
@@ -355,7 +351,7 @@ def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, option
 
 
 def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int, projection: np.ndarray | None,
-               options: _Options) -> tuple[list[np.ndarray], list[float]]:
+               options: SearchOptions) -> tuple[list[np.ndarray], list[float]]:
     """Each clustering's centroids (trained on its sample, saved in the workdir) and seconds spent training."""
     centroids, seconds = [], []
     for c, (ids, seed) in enumerate(zip(samples.train, samples.kmeans_seeds, strict=True)):
@@ -374,10 +370,10 @@ def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int,
 
 
 def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, projection: np.ndarray | None,
-                      options: _Options, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
+                      options: SearchOptions, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
     """Clustering `c`'s confirmed pairs (a, b, cosine), sorted by (a, b), saved in the workdir; and its stats."""
     name = f"clustering_{c:03d}"
-    seed = _stream_seed(options.seed, _CLUSTERING_STREAM, c)
+    seed = options.clustering_seed(c)
     if work.done(name):
         saved = np.load(work / f"{name}.npz")
         counts = {key: int(saved[key]) for key in _PAIR_COUNTS}
