@@ -221,7 +221,7 @@ def _child(spec: dict) -> None:
     write_json(out / "result.json", {
         "seconds": round(seconds, 1), "phase_seconds": {k: round(v, 1) for k, v in stats["seconds"].items()},
         "found_pairs": len(a), "removed": stats["removed"], "n_clusters": stats["n_clusters"],
-        "self_reported_recall": stats["recall"], "object_store": transfer,
+        "self_reported_recall": stats["recall"], "object_store": transfer, "device": stats["device"],
         "cosine_min": float(cos.min()) if len(cos) else None})
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sanitize.dedup.device import product_hits
+
 # Added to |Qx|² before the square root: |Pᵀx|² carries float32 rounding of ~1e-6 (and unit rows are unit to
 # ~1e-7), so without it a row lying almost inside the subspace could get a residual a little too small.
 RESIDUAL_SLACK = 1e-5
@@ -64,7 +66,7 @@ def block_hits(
             li, lj = found
             keep = np.einsum("ij,ij->i", xi[li], xj[lj]) >= cut
             return li[keep], lj[keep], True
-    li, lj = _hits(xi @ xj.T, cut, same)
+    li, lj = product_hits(xi, xj, cut, same=same)
     return li, lj, False
 
 
@@ -74,16 +76,7 @@ def nominees(bi: np.ndarray, bj: np.ndarray, cut: float, *, same: bool) -> tuple
     Bound rows stored as float16 (`STORED_DTYPE`) are compared at cut - `STORED_MARGIN`."""
     if bi.dtype == STORED_DTYPE:
         bi, bj, cut = bi.astype(np.float32), bj.astype(np.float32), cut - STORED_MARGIN
-    li, lj = _hits(bi @ bj.T, cut, same)
+    li, lj = product_hits(bi, bj, cut, same=same)
     if len(li) > MAX_NOMINATED_SHARE * len(bi) * len(bj):
         return None
-    return li, lj
-
-
-def _hits(products: np.ndarray, cut: float, same: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major positions of the entries >= cut (above the diagonal when `same`)."""
-    li, lj = np.divmod(np.flatnonzero(products >= cut), products.shape[1])  # few hits: flat indices are cheap
-    if same:
-        upper = li < lj
-        li, lj = li[upper], lj[upper]
     return li, lj

@@ -20,6 +20,7 @@ import numpy as np
 
 from sanitize.dedup.bound import STORED_DTYPE, block_hits, bound_rows, bound_rows_of_projected, nominees
 from sanitize.dedup.clustering import ASSIGN_BATCH_ROWS, unit_length
+from sanitize.dedup.device import nearest_centroids
 from sanitize.dedup.pairs import CANDIDATE_MARGIN, same_cluster_pairs
 from sanitize.dedup.parallel import TaskMap
 from sanitize.dedup.shards import ShardedRows, unit_rows
@@ -94,7 +95,7 @@ def assign_part(rows: ShardedRows, folder: str, plan: AssignPlan, p: int) -> Non
                 bounds = (query_bounds, block_bounds) if len(plan.sample) else None
                 projected = unit_length(projected)
             for c, centroids in enumerate(plan.centroids):
-                labels[c].append(np.argmax(projected @ centroids.T, axis=1).astype(np.int32))
+                labels[c].append(nearest_centroids(projected, centroids))
             if len(plan.sample):
                 hits.append(true_pairs(plan.queries, plan.sample, block, distinct[i : i + len(block)] + start,
                                        plan.threshold, bounds=bounds))

@@ -2,8 +2,8 @@
 
 A clustering is only a partition that limits where pairs are searched; the pairs themselves are checked
 exactly (`sanitize.dedup.pairs`). Training uses FAISS k-means, on the GPU when FAISS sees one. Assignment
-is a nearest-centroid search: on a FAISS GPU when there is one, otherwise blockwise numpy matrix products
-on worker threads (measured 1.5–2× faster than faiss-cpu 1.15's flat search on the 2-core dev machine).
+is a nearest-centroid search by blockwise matrix products on worker threads (`sanitize.dedup.device`: numpy, or
+torch on a GPU; numpy measured 1.5–2× faster than faiss-cpu 1.15's flat search on the 2-core dev machine).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from sanitize.dedup.defaults import DEFAULT_KMEANS_ITERATIONS, DEFAULT_POINTS_PER_CENTROID
+from sanitize.dedup.device import matmul_device, nearest_centroids
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.vectors import UnitRows, row_norms
 from sanitize.errors import ConfigError
@@ -148,7 +149,7 @@ def kmeans_centroids(train: np.ndarray, n_clusters: int, *, seed: int,
         seed=seed,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,  # we choose the sample size; silence FAISS's "too few points" warning
-        gpu=faiss_gpu_count() > 0,
+        gpu=matmul_device() is not None and faiss_gpu_count() > 0,
         verbose=False,
     )
     with one_blas_thread():  # FAISS's OpenMP threads stay; its BLAS on several threads changes the centroids
@@ -170,7 +171,7 @@ def assign_clusters(
 
     Streams `batch_rows` rows at a time on `workers` threads (default: all cores), so memory stays at
     a few batches for memmapped inputs. `projection`: the one the centroids were trained with. Ties go
-    to the lower centroid number. On a FAISS GPU the search runs there instead. `task_map` (default
+    to the lower centroid number. The products run where `sanitize.dedup.device` says. `task_map` (default
     `thread_map`) runs the batches, e.g. as Ray tasks; the result does not depend on it.
     """
     return assign_to_clusterings(x, [centroids], rows=rows, batch_rows=batch_rows, projection=projection,
@@ -192,20 +193,8 @@ def assign_to_clusterings(
     and projected once for all of them; each result equals `assign_clusters` with that clustering alone."""
     n_rows = len(x) if rows is None else len(rows)
     centroid_sets = [np.ascontiguousarray(c, dtype=np.float32) for c in centroid_sets]
-    starts = range(0, n_rows, batch_rows)
-    if faiss_gpu_count() > 0:
-        indexes = []
-        for centroids in centroid_sets:
-            gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(centroids.shape[1]))
-            gpu_index.add(centroids)
-            indexes.append(gpu_index)
-        batches = []
-        for start in starts:
-            block = _batch(x, rows, projection, batch_rows, start)
-            batches.append([index.search(block, 1)[1][:, 0].astype(np.int32) for index in indexes])
-    else:
-        batches = (task_map or thread_map)(_nearest_centroids, list(starts),
-                                           (x, centroid_sets, rows, projection, batch_rows), workers)
+    batches = (task_map or thread_map)(_nearest_centroids, list(range(0, n_rows, batch_rows)),
+                                       (x, centroid_sets, rows, projection, batch_rows), workers)
     return [np.concatenate([batch[c] for batch in batches]) if batches else np.empty(0, dtype=np.int32)
             for c in range(len(centroid_sets))]
 
@@ -221,4 +210,4 @@ def _nearest_centroids(x, centroid_sets: list[np.ndarray], rows: np.ndarray | No
                        batch_rows: int, start: int) -> list[np.ndarray]:
     """One task of `assign_to_clusterings`: each clustering's nearest centroids of the batch starting at `start`."""
     block = _batch(x, rows, projection, batch_rows, start)
-    return [np.argmax(block @ centroids.T, axis=1).astype(np.int32) for centroids in centroid_sets]
+    return [nearest_centroids(block, centroids) for centroids in centroid_sets]

@@ -27,7 +27,6 @@ from sanitize.dedup.clock import PhaseClock
 from sanitize.dedup.clustering import (
     assign_to_clusterings,
     default_n_clusters,
-    faiss_gpu_count,
     fit_projection,
     train_centroids,
 )
@@ -41,6 +40,7 @@ from sanitize.dedup.defaults import (
     DEFAULT_RECALL_SAMPLE,
     DEFAULT_THRESHOLD,
 )
+from sanitize.dedup.device import device_name
 from sanitize.dedup.exact import exact_representatives
 from sanitize.dedup.groups import GroupDecisions, decide_groups, keep_priority
 from sanitize.dedup.options import SearchOptions
@@ -392,7 +392,7 @@ def _result_stats(
         "n_clusters": k,
         "seed": int(options.seed),
         "refuse_chains": bool(options.refuse_chains),
-        "device": "gpu" if faiss_gpu_count() > 0 else "cpu",
+        "device": device_name(),
         "clusterings": clustering_stats,
         "seconds": seconds,
         "recall": recall.to_dict() if recall is not None else None,

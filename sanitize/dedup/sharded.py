@@ -38,7 +38,6 @@ from sanitize.dedup.buckets import BUCKET_ROWS, PART_ROWS, AssignPlan, assign_pa
 from sanitize.dedup.clock import PhaseClock
 from sanitize.dedup.clustering import (
     default_n_clusters,
-    faiss_gpu_count,
     kmeans_centroids,
     one_blas_thread,
     principal_directions,
@@ -55,6 +54,7 @@ from sanitize.dedup.defaults import (
     DEFAULT_RECALL_SAMPLE,
     DEFAULT_THRESHOLD,
 )
+from sanitize.dedup.device import device_name
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.options import SearchOptions
 from sanitize.dedup.parallel import TaskMap, thread_map
@@ -230,7 +230,7 @@ def find_duplicates_sharded(
         "groups": int(nodes["group_id"].fill_null(-1).to_numpy().max(initial=-1)) + 1,
         "removed": removed, "kept": n - removed, "threshold": float(threshold),
         "n_clusterings": int(n_clusterings), "n_clusters": k, "seed": int(seed),
-        "refuse_chains": bool(refuse_chains), "device": "gpu" if faiss_gpu_count() > 0 else "cpu",
+        "refuse_chains": bool(refuse_chains), "device": device_name(),
         "clusterings": clustering_stats, "seconds": seconds,
         "recall": recall.to_dict() if recall is not None else None,
     }
