@@ -6,8 +6,11 @@ Synthetic 640×480 JPEGs (smooth colour fields plus noise, quality 90, about pho
 temporary folder. The model has random weights (`pretrained=None`): the same architecture, so the same compute
 cost as the real weights. Both methods do the same work per row — read the file, decode, preprocess, embed the
 image and its caption — the naive loop one row at a time in one Python thread, `embed_shard` in batches with N
-decode workers. Throughput counts rows (images) per second of wall time, after one warm-up pass. With CUDA, the
-pipeline is also measured on the GPU at fp16. Prints a markdown table and writes benchmarks/results/embed.json.
+decode workers (and once with `text=False`: images only). Throughput counts rows (images) per second of wall time,
+after one warm-up pass, the best of three passes. Each CPU row is set against its compute limit: the towers' FLOPs
+per row (counted by torch's FLOP counter, `tower_flops`) at the GEMM rate measured here in that precision for the
+towers' shapes (`gemm_gflops`). With CUDA, the pipeline is also measured on the GPU at fp16. Prints a markdown
+table and writes benchmarks/results/embed.json.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sanitize.clip.embed import embed_shard  # noqa: E402
-from sanitize.clip.models import ClipModel, load_clip  # noqa: E402
+from sanitize.clip.models import ClipModel, _encode_text, load_clip  # noqa: E402
 from sanitize.io.atomic import write_json  # noqa: E402
 from sanitize.io.images import decode_image  # noqa: E402
 
@@ -56,11 +59,47 @@ def naive_loop(model: ClipModel, folder: Path, names: list[str], captions: list[
         model.encode_images(pixels.unsqueeze(0))
         model.encode_text([caption])
 
+def best_of(fn, repeat: int = 3) -> float:
+    """The fastest of `repeat` timed calls of `fn` (seconds): the least disturbed by other jobs."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+
+def gemm_gflops(rows: int = 1600, width: int = 768, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of the matrix products of a ViT-B layer in `dtype` (attention in-projection, out-projection and the
+    two MLP products, `rows` tokens: a batch of 32 images × 50 tokens), each warmed up and then timed as the best of
+    10 calls (the least disturbed by other work): their total FLOPs over their total best time."""
+    flops = seconds = 0.0
+    for k, m in ((width, 3 * width), (width, width), (width, 4 * width), (4 * width, width)):
+        a, b = torch.randn(rows, k, dtype=dtype), torch.randn(k, m, dtype=dtype)
+        for _ in range(3):
+            torch.mm(a, b)
+        flops += 2 * rows * k * m
+        seconds += best_of(lambda a=a, b=b: torch.mm(a, b), 10)
+    return flops / seconds / 1e9
+
+
+def tower_flops(fn) -> int:
+    """FLOPs of one call of `fn`, counted by torch's FLOP counter with autograd on.
+
+    Not under inference mode: there nn.MultiheadAttention takes its fused fast path
+    (`aten::_native_multi_head_attention`), which the counter does not see, and the image tower's attention
+    projections (a third of its FLOPs) would go uncounted (measured: 5.89 instead of 8.73 GFLOP per ViT-B-32 image).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Seconds of the fastest of `repeat` calls of `fn` (the least disturbed by other jobs on the machine)."""
+    return best_of(fn, repeat)
 
 
 def main() -> None:
@@ -88,6 +127,10 @@ def main() -> None:
         warm = table.slice(0, min(n, args.batch_size))
         embed_shard(warm, cpu, image_root=folder, batch_size=args.batch_size, num_workers=0)
         naive_loop(cpu, folder, names[:2], captions[:2])
+        size = cpu.input_size or 224
+        flops = {"image": tower_flops(lambda: cpu.network.encode_image(torch.zeros(1, 3, size, size))),
+                 "text": tower_flops(lambda: _encode_text(cpu.network, cpu.tokenizer(captions[:1])))}
+        gemm = {"fp32": gemm_gflops(), "bf16": gemm_gflops(dtype=torch.bfloat16)}
 
         seconds = timed(lambda: naive_loop(cpu, folder, names, captions))
         rows.append(_row("naive loop", "cpu", "fp32", 0, 1, n, seconds))
@@ -96,8 +139,11 @@ def main() -> None:
                 lambda w=w: embed_shard(table, cpu, image_root=folder, batch_size=args.batch_size, num_workers=w)
             )
             rows.append(_row("embed_shard", "cpu", "fp32", w, args.batch_size, n, seconds))
-        # The opt-in speed-ups: draft decoding of large JPEGs, bf16 weights (CPUs with bf16 instructions).
         w = max(workers)
+        seconds = timed(lambda: embed_shard(table, cpu, image_root=folder, batch_size=args.batch_size, num_workers=w,
+                                            text=False))
+        rows.append(_row("embed_shard, images only (--no-text)", "cpu", "fp32", w, args.batch_size, n, seconds))
+        # The opt-in speed-ups: draft decoding of large JPEGs, bf16 weights (CPUs with bf16 instructions).
         seconds = timed(lambda: embed_shard(table, cpu, image_root=folder, batch_size=args.batch_size, num_workers=w,
                                             draft_decode=True))
         rows.append(_row("embed_shard, draft decode", "cpu", "fp32", w, args.batch_size, n, seconds))
@@ -122,6 +168,10 @@ def main() -> None:
     naive = rows[0]["images_per_s"]
     for row in rows:
         row["speedup_vs_naive"] = round(row["images_per_s"] / naive, 2)
+        if row["device"] == "cpu":
+            row_flops = flops["image"] + (0 if "images only" in row["method"] else flops["text"])
+            row["limit_images_per_s"] = round(gemm[row["precision"]] * 1e9 / row_flops, 2)
+            row["share_of_limit"] = round(row["images_per_s"] / row["limit_images_per_s"], 3)
     machine = {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -140,6 +190,8 @@ def main() -> None:
         "image_size": "640x480",
         "batch_size": args.batch_size,
         "quick": args.quick,
+        "gflop_per_image": {k: round(v / 1e9, 3) for k, v in flops.items()},
+        "gemm_gflops": {k: round(v, 1) for k, v in gemm.items()},
     }
     write_json(RESULTS, {"benchmark": "embed", "machine": machine, "config": config, "results": rows})
 
@@ -148,12 +200,16 @@ def main() -> None:
         f"{machine['cpu_count']} CPUs, torch {machine['torch']} ({machine['torch_threads']} threads), "
         f"GPU: {machine['gpu'] or 'none'}, load average before/after {machine['load_avg_1min_before_after']}\n"
     )
-    print("| method | device | precision | decode workers | batch | images | seconds | images/s | vs naive |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"towers: {config['gflop_per_image']} GFLOP per image; GEMM here {config['gemm_gflops']} GFLOP/s\n")
+    print("| method | device | precision | decode workers | batch | images | seconds | images/s | vs naive | "
+          "limit images/s | share of limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        share = f"{r['share_of_limit']:.0%}" if "share_of_limit" in r else "–"
         print(
             f"| {r['method']} | {r['device']} | {r['precision']} | {r['workers']} | {r['batch_size']} | "
-            f"{r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['speedup_vs_naive']:.2f}x |"
+            f"{r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {r['speedup_vs_naive']:.2f}x | "
+            f"{r.get('limit_images_per_s', '–')} | {share} |"
         )
     print(f"\nwrote {RESULTS.relative_to(REPO)}")
 

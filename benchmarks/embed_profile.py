@@ -18,7 +18,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,39 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.embed import write_images  # noqa: E402
+from benchmarks.embed import best_of, gemm_gflops, tower_flops, write_images  # noqa: E402
 from sanitize.clip.models import _encode_text, load_clip  # noqa: E402
 from sanitize.io.atomic import write_json  # noqa: E402
 from sanitize.io.images import decode_image  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "embed_profile.json"
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    """The fastest of `repeat` timed calls of `fn` (seconds): the least disturbed by other jobs."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def gemm_gflops(n: int = 1024, k: int = 768, m: int = 3072) -> float:
-    """float32 GFLOP/s of an (n×k)·(k×m) product, the MLP shape of a ViT-B layer."""
-    a, b = torch.randn(n, k), torch.randn(k, m)
-    torch.mm(a, b)
-    seconds = best_of(lambda: torch.mm(a, b), 5)
-    return 2 * n * k * m / seconds / 1e9
-
-
-def tower_flops(fn) -> int:
-    """FLOPs of one call of `fn`, counted by torch's FLOP counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def main() -> None:
@@ -98,10 +70,9 @@ def main() -> None:
             "image tower": best_of(lambda: model.encode_images(pixels)) / b,
             "text tower": best_of(lambda: model.encode_text(captions, batch_size=b)) / b,
         }
-        with torch.inference_mode():
-            image_flops = tower_flops(lambda: model.network.encode_image(pixels)) / b
-            # the text tower as ClipModel runs it: on the batch's own length, not the 77-token context
-            text_flops = tower_flops(lambda: _encode_text(model.network, tokens)) / b
+        image_flops = tower_flops(lambda: model.network.encode_image(pixels)) / b
+        # the text tower as ClipModel runs it: on the batch's own length, not the 77-token context
+        text_flops = tower_flops(lambda: _encode_text(model.network, tokens)) / b
     gflops = gemm_gflops()
     limit = gflops * 1e9 / (image_flops + text_flops)
     per_row = timings["read + decode (full size)"] + timings["preprocess (resize, crop, normalise)"] + timings[

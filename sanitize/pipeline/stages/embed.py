@@ -54,7 +54,7 @@ class EmbedConfig:
                              low=1)
     draft_decode: bool = option(False, "Decode large JPEGs at the model's input scale (Pillow draft mode): faster "
                                        "decoding and resizing; embeddings change slightly (README).")
-    text: bool = option(True, "Embed the captions too (text_emb/). --no-text skips the text tower (~12% of the "
+    text: bool = option(True, "Embed the captions too (text_emb/). --no-text skips the text tower (~10% of the "
                               "embedding time, README) when no stage reads caption embeddings; the align stage "
                               "does, and refuses a plan without them.", flag="--text/--no-text")
 
