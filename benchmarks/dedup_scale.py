@@ -2,7 +2,7 @@
 
     python benchmarks/dedup_scale.py [--sizes 1000000,2000000,5000000,10000000] [--threshold 0.95]
                                      [--shard-rows 100000] [--workdir DIR] [--in-memory-limit 1000000]
-                                     [--engines local,ray] [--ray-limit 2000000]
+                                     [--engines local,ray] [--ray-limit 2000000] [--merge]
 
 For each size, CLIP-like float16 rows (d=512, planted near-duplicates; `sanitize.testing.synthetic.clip_like`,
 as benchmarks/dedup.py makes them) are written to DIR/x_N.npy once (reused by later runs), then deduplicated by
@@ -14,7 +14,8 @@ pairs whose cosine is at or above the threshold. Sizes up to --in-memory-limit a
 --ray-limit also run on a Ray cluster of two raylets on this machine (one CPU each) that this script starts: the
 driver's peak RSS, the peak proportional set size (PSS) of the whole process tree (driver, raylets, workers, the
 shared object store counted once), and the bytes the engine put into and got back from the object store. Prints a
-markdown table and writes benchmarks/results/dedup_scale.json with the machine's details.
+markdown table and writes benchmarks/results/dedup_scale.json with the machine's details; with --merge, the runs
+are added to those already there (a run of the same mode and size replaced), so sizes can be measured one at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--in-memory-limit", type=int, default=1_000_000)
     parser.add_argument("--engines", default="local", help="local and/or ray, comma-separated")
     parser.add_argument("--ray-limit", type=int, default=2_000_000)
+    parser.add_argument("--merge", action="store_true", help="add to the runs already in the results file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -60,8 +62,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     runs = []
     sizes = [int(s) for s in args.sizes.split(",")]
-    plan = [(n, mode) for n in sizes for mode in ["sharded"] + (["memory"] if n <= args.in_memory_limit else [])]
-    ray_sizes = [n for n in sizes if n <= args.ray_limit] if "ray" in args.engines.split(",") else []
+    engines = args.engines.split(",")
+    plan = [(n, mode) for n in sizes if "local" in engines
+            for mode in ["sharded"] + (["memory"] if n <= args.in_memory_limit else [])]
+    ray_sizes = [n for n in sizes if n <= args.ray_limit] if "ray" in engines else []
     cluster = None
     for n, mode in plan + [(n, "ray") for n in ray_sizes]:
         if mode == "ray" and cluster is None:  # started after the local runs, so their process trees exclude it
@@ -75,11 +79,20 @@ def main() -> None:
                                               strict=True)]
         run["planted_pairs"] = len(hit)
         run["planted_pair_recall"] = float(np.mean(hit)) if hit else None
+        run["code"] = _commit()
+        run["load_average_at_end"] = list(os.getloadavg())
         runs.append(run)
         print(_row(run), flush=True)
     if cluster is not None:
         cluster.shutdown()
-    result = {"machine": _machine(), "threshold": args.threshold, "shard_rows": args.shard_rows, "runs": runs}
+    if args.merge and RESULTS.exists():
+        earlier = json.loads(RESULTS.read_text())
+        if earlier.get("threshold") != args.threshold or earlier.get("shard_rows") != args.shard_rows:
+            raise SystemExit(f"{RESULTS} holds runs at another threshold or shard size; run without --merge")
+        new = {(r["mode"], r["rows"]) for r in runs}
+        runs = [r for r in earlier["runs"] if (r["mode"], r["rows"]) not in new] + runs
+    result = {"machine": _machine(), "threshold": args.threshold, "shard_rows": args.shard_rows,
+              "note": "runs marked by the code they measured (commit)", "runs": runs}
     write_json(RESULTS, result)
     print(_markdown(result))
     print(f"\nwritten {RESULTS}")
@@ -233,6 +246,14 @@ def _cosines(x: np.ndarray, a: np.ndarray, b: np.ndarray, batch: int = 65536) ->
         xb = np.asarray(x[b[i : i + batch]], dtype=np.float64)
         out[i : i + batch] = np.einsum("ij,ij->i", xa, xb) / (np.linalg.norm(xa, axis=1) * np.linalg.norm(xb, axis=1))
     return out
+
+
+def _commit() -> str:
+    """The repository's HEAD commit (short), "+dirty" when the tree has changes."""
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _machine() -> dict:
