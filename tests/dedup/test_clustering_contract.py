@@ -63,8 +63,9 @@ def test_projection_of_fewer_rows_than_the_sample_uses_each_row_once():
 def test_projection_sample_is_16384_rows_drawn_with_seed_0_by_default(monkeypatch):
     x = unit(np.random.default_rng(2), 20_000, 4)
     seen = []
-    monkeypatch.setattr(clustering, "principal_directions",
-                        lambda block, dims: seen.append(block) or np.eye(4)[:, :dims])
+    monkeypatch.setattr(
+        clustering, "principal_directions", lambda block, dims: seen.append(block) or np.eye(4)[:, :dims]
+    )
     fit_projection(x, 2)
     fit_projection(x, 2, seed=0)
     assert len(seen[0]) == 16_384 and len(np.unique(seen[0], axis=0)) == 16_384
@@ -118,8 +119,9 @@ def test_training_draws_the_sample_and_kmeans_seed_the_out_of_core_path_draws(mo
 
 def test_training_defaults_to_seed_0():
     x = unit(np.random.default_rng(5), 400, 8)
-    np.testing.assert_array_equal(train_centroids(x, 3, max_points_per_centroid=20),
-                                  train_centroids(x, 3, seed=0, max_points_per_centroid=20))
+    np.testing.assert_array_equal(
+        train_centroids(x, 3, max_points_per_centroid=20), train_centroids(x, 3, seed=0, max_points_per_centroid=20)
+    )
 
 
 def test_n_clusters_from_one_to_every_row():
@@ -147,10 +149,12 @@ def test_kmeans_prints_nothing(capfd):
     assert capfd.readouterr() == ("", "")
 
 
-@pytest.mark.parametrize(("device", "gpus", "on_gpu"), [(None, 1, False), ("cuda", 0, False), ("cuda", 1, True),
-                                                         ("cuda", 2, True)])
-def test_kmeans_trains_on_faiss_gpu_only_when_the_products_run_on_a_gpu_and_faiss_has_one(monkeypatch, device, gpus,
-                                                                                         on_gpu):
+@pytest.mark.parametrize(
+    ("device", "gpus", "on_gpu"), [(None, 1, False), ("cuda", 0, False), ("cuda", 1, True), ("cuda", 2, True)]
+)
+def test_kmeans_trains_on_faiss_gpu_only_when_the_products_run_on_a_gpu_and_faiss_has_one(
+    monkeypatch, device, gpus, on_gpu
+):
     made = []
 
     class FakeKmeans:
