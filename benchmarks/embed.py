@@ -9,8 +9,10 @@ image and its caption — the naive loop one row at a time in one Python thread,
 decode workers (and once with `text=False`: images only). Throughput counts rows (images) per second of wall time,
 after one warm-up pass, the best of three passes. Each CPU row is set against its compute limit: the towers' FLOPs
 per row (counted by torch's FLOP counter, `tower_flops`) at the GEMM rate measured here in that precision for the
-towers' shapes (`gemm_gflops`). With CUDA, the pipeline is also measured on the GPU at fp16. Prints a markdown
-table and writes benchmarks/results/embed.json.
+towers' shapes (`gemm_gflops`). With CUDA, the pipeline is also measured on the GPU at fp16: at --batch-size, then
+at the batch the GPU's memory holds (`sanitize.clip.batch_size.gpu_batch_size`, over eight such batches of rows),
+and the image tower alone at that batch (its ceiling without decoding). `--model ViT-L-14` measures the larger
+model. Prints a markdown table and writes benchmarks/results/embed.json.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sanitize.clip.batch_size import gpu_batch_size  # noqa: E402
 from sanitize.clip.embed import embed_shard  # noqa: E402
 from sanitize.clip.models import ClipModel, _encode_text, load_clip  # noqa: E402
 from sanitize.io.atomic import write_json  # noqa: E402
@@ -164,6 +167,17 @@ def main() -> None:
                     lambda w=w: embed_shard(table, gpu, image_root=folder, batch_size=args.batch_size, num_workers=w)
                 )
                 rows.append(_row("embed_shard", "cuda", "fp16", w, args.batch_size, n, seconds))
+            # The batch set by the GPU's memory, over enough rows (the same files again) to fill eight batches.
+            batch = gpu_batch_size(gpu, limit=1024)
+            many = max(n, 8 * batch)
+            big = pa.table({"uid": [str(i) for i in range(many)], "caption": [captions[i % n] for i in range(many)],
+                            "image": [names[i % n] for i in range(many)]})
+            w = os.cpu_count() or 1
+            seconds = timed(lambda: embed_shard(big, gpu, image_root=folder, batch_size=batch, num_workers=w))
+            rows.append(_row("embed_shard, batch by GPU memory", "cuda", "fp16", w, batch, many, seconds))
+            zeros = torch.zeros((batch, 3, size, size))
+            seconds = timed(lambda: [gpu.encode_images(zeros) for _ in range(8)])
+            rows.append(_row("image tower alone (no decoding)", "cuda", "fp16", 0, batch, 8 * batch, seconds))
 
     naive = rows[0]["images_per_s"]
     for row in rows:
