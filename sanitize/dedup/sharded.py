@@ -41,7 +41,7 @@ from sanitize.dedup.clustering import (
     kmeans_centroids,
     one_blas_thread,
     principal_directions,
-    project,
+    project_sample,
 )
 from sanitize.dedup.components import compact_ids
 from sanitize.dedup.defaults import (
@@ -361,7 +361,7 @@ def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int,
             centroids.append(np.load(path))
         else:
             with one_blas_thread():
-                train = project(sample_rows.unit(sample_rows.local_of(ids)), projection)
+                train = project_sample(lambda some: sample_rows.unit(sample_rows.local_of(some)), ids, projection)
             centroids.append(kmeans_centroids(train, k, seed=seed, n_iter=options.kmeans_iterations,
                                               max_points_per_centroid=options.max_points_per_centroid))
             atomic.write_npy(path, centroids[-1])

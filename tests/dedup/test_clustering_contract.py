@@ -176,3 +176,22 @@ def test_assigning_no_rows_gives_empty_labels():
     x = unit(np.random.default_rng(10), 20, 4)
     labels = assign_to_clusterings(x, [x[:3], x[:5]], rows=np.empty(0, np.int64))
     assert [(a.dtype, a.shape) for a in labels] == [(np.int32, (0,)), (np.int32, (0,))]
+
+
+def test_a_sample_is_projected_a_block_at_a_time_with_the_same_result():
+    rng = np.random.default_rng(6)
+    x = unit(rng, 50, 8)
+    projection = principal_directions(x, 3)
+    ids = np.sort(rng.choice(50, 23, replace=False))
+    asked = []
+
+    def take(some):
+        asked.append(some.copy())
+        return x[some]
+
+    out = clustering.project_sample(take, ids, projection, block_rows=5)
+    np.testing.assert_allclose(out, clustering.project(x[ids], projection), atol=1e-6)
+    assert out.dtype == np.float32 and out.shape == (23, 3)
+    assert [len(a) for a in asked] == [5, 5, 5, 5, 3]
+    np.testing.assert_array_equal(np.concatenate(asked), ids)
+    np.testing.assert_array_equal(clustering.project_sample(lambda some: x[some], ids, None), x[ids])
