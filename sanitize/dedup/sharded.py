@@ -62,6 +62,7 @@ from sanitize.dedup.recall import RecallEstimate, recall_from_sample
 from sanitize.dedup.run import EXACT
 from sanitize.dedup.scan import exact_copies, scan_shards
 from sanitize.dedup.shards import NodeRows, ShardedRows, shard_offsets, write_node_rows
+from sanitize.dedup.vectors import pair_cosines
 from sanitize.errors import ConfigError, DataError
 from sanitize.io import atomic
 
@@ -191,17 +192,18 @@ def find_duplicates_sharded(
     todo = [p for p in range(len(parts)) if not (work / f"parts/part_{p:05d}.done").exists()]
     tasks(assign_part, todo, (rows, str(work / "parts"), plan))
     clock.lap("assign")
-    pair_sets, clustering_stats = [], []
+    found, clustering_stats = _PairUnion.of_exact(members, member_reps), []
     for c in range(n_clusterings):
         pairs_c, info = _clustering_pairs(c, work, len(parts), k, projection, options, bucket_rows, tasks)
-        pair_sets.append(pairs_c)
+        logger.info("clustering %d/%d: %d pairs", c + 1, n_clusterings, len(pairs_c[0]))
+        found.add(*pairs_c, source=c)
+        del pairs_c
         clustering_stats.append({**info, "train_seconds": train_seconds[c],
                                  "seconds": train_seconds[c] + info["pairs_seconds"]})
-        logger.info("clustering %d/%d: %d pairs", c + 1, n_clusterings, len(pairs_c[0]))
         report("clustering", c + 1, n_clusterings)
     clock.lap("pairs")
 
-    a, b, cos, source, graph_rows = _union(rows, work, members, member_reps, pair_sets, threshold, tasks)
+    a, b, cos, source, graph_rows = _union(rows, work, found, tasks)
     clock.lap("confirm")
     nodes = _groups(rows, graph_rows, a, b, members, member_reps, threshold, keep, refuse_chains, offsets)
     clock.lap("groups")
@@ -392,35 +394,44 @@ def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, projection: 
 # -- phase 6: union and groups -------------------------------------------------------------------------------
 
 
-def _union(rows: ShardedRows, work: _Workdir, members: np.ndarray, member_reps: np.ndarray, pair_sets: list,
-           threshold: float, tasks: TaskMap) -> tuple[np.ndarray, ...]:
-    """All pairs, sorted by (a, b), each credited to its first source; the node file of their rows."""
-    a = [member_reps] + [p[0] for p in pair_sets]
-    b = [members] + [p[1] for p in pair_sets]
-    source = [np.full(len(members), EXACT, np.int64)] + [np.full(len(p[0]), c, np.int64)
-                                                          for c, p in enumerate(pair_sets)]
-    cos = [np.full(len(members), np.nan)] + [p[2] for p in pair_sets]
-    a, b, source, cos = (np.concatenate(v) for v in (a, b, source, cos))
-    order = np.lexsort((source, b, a))
-    a, b, source, cos = a[order], b[order], source[order], cos[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b, source, cos = a[first], b[first], source[first], cos[first]
+class _PairUnion:
+    """Every pair found so far, sorted by (a, b), each once and credited to its first source (EXACT, then the
+    clusterings in order). Sources are merged one at a time, so the driver holds the union and one clustering's
+    pairs, not every clustering's copy of each pair (most pairs are found by all of them)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, source: np.ndarray) -> None:
+        self.a, self.b, self.cos, self.source = a, b, cos, source
+
+    @classmethod
+    def of_exact(cls, members: np.ndarray, member_reps: np.ndarray) -> _PairUnion:
+        """The exact copies' pairs (representative, copy); their cosines are measured later (NaN here)."""
+        empty = cls(*(np.empty(0, dtype) for dtype in (np.int64, np.int64, np.float64, np.int64)))
+        empty.add(member_reps, members, np.full(len(members), np.nan), source=EXACT)
+        return empty
+
+    def add(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, *, source: int) -> None:
+        """Merge the pairs (a[i], b[i]) with cosines `cos` found by `source` (a later source than any held)."""
+        a, b = np.concatenate([self.a, a]), np.concatenate([self.b, b])
+        sources = np.concatenate([self.source, np.full(len(a) - len(self.a), source, np.int64)])
+        order = np.lexsort((sources, b, a))
+        a, b = a[order], b[order]
+        first = np.ones(len(a), dtype=bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        kept = order[first]
+        self.a, self.b = a[first], b[first]
+        self.cos = np.concatenate([self.cos, cos])[kept]
+        self.source = sources[kept]
+
+
+def _union(rows: ShardedRows, work: _Workdir, found: _PairUnion, tasks: TaskMap) -> tuple[np.ndarray, ...]:
+    """All pairs (`found`), with the exact copies' cosines measured; the node file of their rows."""
+    a, b, cos, source = found.a, found.b, found.cos, found.source
     graph_ids = np.unique(np.concatenate([a, b]))
     graph_rows = write_node_rows(rows, graph_ids, work / f"graph_rows_{_digest(graph_ids)}", tasks)
     exact = source == EXACT
     if exact.any():
-        cos[exact] = _node_cosines(graph_rows, a[exact], b[exact])
+        cos[exact] = pair_cosines(graph_rows, graph_rows.local_of(a[exact]), graph_rows.local_of(b[exact]))
     return a, b, cos, source, graph_rows
-
-
-def _node_cosines(node_rows: NodeRows, a: np.ndarray, b: np.ndarray, batch: int = 16384) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float64)
-    for i in range(0, len(a), batch):
-        xa = node_rows.unit(node_rows.local_of(a[i : i + batch])).astype(np.float64)
-        xb = node_rows.unit(node_rows.local_of(b[i : i + batch])).astype(np.float64)
-        out[i : i + batch] = np.einsum("ij,ij->i", xa, xb)
-    return out
 
 
 def _digest(ids: np.ndarray) -> str:

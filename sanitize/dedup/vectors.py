@@ -106,7 +106,7 @@ def row_norms(block: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", block, block))
 
 
-def pair_cosines(x: UnitRows | np.ndarray, a: np.ndarray, b: np.ndarray, *, batch: int = 16384) -> np.ndarray:
+def pair_cosines(x: UnitRows | np.ndarray, a: np.ndarray, b: np.ndarray, *, batch: int = 4096) -> np.ndarray:
     """Cosine of each pair (a[i], b[i]) of unit rows, as float64.
 
     Each value is the float64 dot product of the two float32 unit rows, so it depends only on the two rows,
