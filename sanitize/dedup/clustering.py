@@ -103,7 +103,7 @@ def project_sample(take: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, pr
     """`project(take(ids), projection)`, `block_rows` ids at a time (`take`: float32 unit rows of ids).
 
     Memory: the projected rows plus one block of full rows, not every full row (a k-means sample is k · 32 rows:
-    101k full float32 rows, 0.4 GB with their temporaries, at 10M rows). Both dedup paths train through here, so
+    101k full float32 rows, ~0.5 GB with their temporaries, at 10M rows). Both dedup paths train through here, so
     they project the same blocks and get the same bits. Without a projection, the rows themselves."""
     if projection is None:
         return take(ids)
