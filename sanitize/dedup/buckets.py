@@ -167,7 +167,7 @@ def _pair_task(folder: str, c: int, counts: np.ndarray, threshold: float, block_
     if projection is not None:
         return _bucket_on_bounds(folder, c, counts, threshold, block_rows, q0, q1)
     cut = threshold - CANDIDATE_MARGIN
-    ids, unit = _read_clusters(folder, c, counts, q0, q1)
+    ids, unit = read_clusters(folder, c, counts, q0, q1)
     found_a, found_b = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     starts = np.concatenate([[0], np.cumsum(counts[:, q0:q1].sum(axis=0))])
     for j in range(q1 - q0):
@@ -234,14 +234,14 @@ def _giant_block_row(folder: str, c: int, counts: np.ndarray, threshold: float, 
     """One block row of a cluster too large for a bucket: its block, then each later block, read in turn."""
     cut = threshold - CANDIDATE_MARGIN
     size = int(counts[:, q].sum())
-    ids_i, xi = _read_cluster_range(folder, c, counts, q, i0, min(size, i0 + block_rows))
+    ids_i, xi = read_cluster_range(folder, c, counts, q, i0, min(size, i0 + block_rows))
     bi = None if projection is None else bound_rows(xi, projection)
     out_a, out_b, out_cos, n_candidates = [], [], [], 0
     for j0 in range(i0, size, block_rows):
         if j0 == i0:
             ids_j, xj, bj = ids_i, xi, bi
         else:
-            ids_j, xj = _read_cluster_range(folder, c, counts, q, j0, min(size, j0 + block_rows))
+            ids_j, xj = read_cluster_range(folder, c, counts, q, j0, min(size, j0 + block_rows))
             bj = None if projection is None else bound_rows(xj, projection)
         li, lj, _ = block_hits(xi, xj, cut, same=j0 == i0, bi=bi, bj=bj)
         n_candidates += len(li)
@@ -269,7 +269,7 @@ def _block_row_hits(x: np.ndarray, bounds: np.ndarray | None, i0: int, cut: floa
     return np.concatenate(found_a), np.concatenate(found_b)
 
 
-def _read_clusters(folder: str, c: int, counts: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
+def read_clusters(folder: str, c: int, counts: np.ndarray, q0: int, q1: int) -> tuple[np.ndarray, np.ndarray]:
     """Ids and unit rows of clusters q0..q1-1 of clustering c from every part, grouped by cluster, ascending ids
     within one."""
     got = _gather(folder, c, counts, q0, q1, ("ids", "rows", "inv_norms"))
@@ -315,7 +315,7 @@ def _unit(raw: np.ndarray, inv: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(raw, dtype=np.float32) * inv[:, None])
 
 
-def _read_cluster_range(folder: str, c: int, counts: np.ndarray, q: int, first: int, stop: int
+def read_cluster_range(folder: str, c: int, counts: np.ndarray, q: int, first: int, stop: int
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Ids and unit rows at positions first..stop-1 of cluster q of clustering c (its rows in ascending id order)."""
     ends = np.cumsum(counts, axis=1)

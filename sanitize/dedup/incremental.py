@@ -37,9 +37,9 @@ from sanitize.dedup.buckets import (
     MIN_BUCKETS,
     PART_ROWS,
     AssignPlan,
-    _read_cluster_range,
-    _read_clusters,
     assign_part,
+    read_cluster_range,
+    read_clusters,
     split_parts,
     true_pairs,
 )
@@ -214,7 +214,7 @@ def find_duplicates_since(
     changed; same rows, index and options, same result. `workdir` holds the phase files (deleted by the caller).
     Raises DataError for bad rows or a batch of another dimension than the index, ConfigError for bad options.
     """
-    from sanitize.dedup.sharded import _Distinct, _exact, _Workdir
+    from sanitize.dedup.sharded import DistinctRows, Workdir, saved_exact_copies
 
     tasks = task_map or thread_map
     if not -1 <= threshold <= 1:
@@ -225,7 +225,7 @@ def find_duplicates_since(
     n = int(offsets[-1])
     if n == 0:
         raise DataError("no embeddings to deduplicate")
-    work = _Workdir(Path(workdir), {"layout": INDEX_LAYOUT, "incremental": str(index.path), "source":
+    work = Workdir(Path(workdir), {"layout": INDEX_LAYOUT, "incremental": str(index.path), "source":
                                     rows.fingerprint(), "sizes": sizes, "threshold": float(threshold), "seed": seed,
                                     "recall_sample": recall_sample, "part_rows": part_rows,
                                     "require_normalized": require_normalized})
@@ -233,8 +233,8 @@ def find_duplicates_since(
     if dim != index.dim:
         raise DataError(f"the new rows have dimension {dim}, the index {index.path} has {index.dim}: another "
                         "embedding model")
-    members, member_reps = _exact(rows, work, offsets, tasks)
-    reps = _Distinct(n, members)
+    members, member_reps = saved_exact_copies(rows, work, offsets, tasks)
+    reps = DistinctRows(n, members)
     clock.lap("exact")
 
     parts = split_parts(sizes, part_rows)
@@ -347,15 +347,15 @@ def _pair_task(old_folder: str, new_folder: str, c: int, old_counts: np.ndarray,
     (for a giant cluster's task: against earlier rows start..start+bucket_rows, and each other when start is 0).
     Returns (a, b, cosine, candidates), ids global."""
     q0, q1, start = item
-    new_ids, new_x = _read_clusters(new_folder, c, new_counts, q0, q1)
+    new_ids, new_x = read_clusters(new_folder, c, new_counts, q0, q1)
     new_ids = new_ids + offset
     new_bounds = np.concatenate([[0], np.cumsum(new_counts[:, q0:q1].sum(axis=0))])
     if start < 0:
-        old_ids, old_x = _read_clusters(old_folder, c, old_counts, q0, q1)
+        old_ids, old_x = read_clusters(old_folder, c, old_counts, q0, q1)
         old_bounds = np.concatenate([[0], np.cumsum(old_counts[:, q0:q1].sum(axis=0))])
     else:
         stop = min(int(old_counts[:, q0].sum()), start + bucket_rows)
-        old_ids, old_x = _read_cluster_range(old_folder, c, old_counts, q0, start, stop)
+        old_ids, old_x = read_cluster_range(old_folder, c, old_counts, q0, start, stop)
         old_bounds = np.array([0, len(old_ids)])
     found: list[tuple[np.ndarray, ...]] = []
     candidates = 0
@@ -394,7 +394,7 @@ def _decide(rows: ShardedRows, work: Path, a: np.ndarray, b: np.ndarray, cos: np
     """The nodes table: new rows with an earlier duplicate are removed as duplicates of their most similar
     earlier row; the new rows' own graph is decided by `decide_groups` with those rows first in priority, and
     a group whose top row has an earlier duplicate keeps none."""
-    from sanitize.dedup.sharded import _keep_values_at
+    from sanitize.dedup.sharded import keep_values_at
 
     earlier = a < offset
     new_a, new_b = a[~earlier] - offset, b[~earlier] - offset
@@ -410,7 +410,7 @@ def _decide(rows: ShardedRows, work: Path, a: np.ndarray, b: np.ndarray, cos: np
     la, lb = la[: len(new_a)], lb[: len(new_a)]
     graph_rows = write_node_rows(rows, nodes, work / "graph_rows", tasks)
     has_earlier = np.isin(nodes, matched)
-    values = _keep_values_at(rows, nodes, offsets)
+    values = keep_values_at(rows, nodes, offsets)
     rank = keep_priority(len(nodes), values, keep)
     priority = np.lexsort((rank, ~has_earlier))  # rows with an earlier duplicate first, then the keep rule
     inverse = np.empty_like(priority)

@@ -162,14 +162,14 @@ def find_duplicates_sharded(
     if n == 0:
         raise DataError("no embeddings to deduplicate")
     searched = {k: v for k, v in options.to_dict().items() if k != "refuse_chains"}  # chains: decided at the end
-    work = _Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes, **searched,
+    work = Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes, **searched,
                                      "part_rows": part_rows, "require_normalized": require_normalized})
 
     dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     clock.lap("check")
-    members, member_reps = _exact(rows, work, offsets, tasks)  # raises first when uids repeat
+    members, member_reps = saved_exact_copies(rows, work, offsets, tasks)  # raises first when uids repeat
     report("check", 1, 1)
-    reps = _Distinct(n, members)
+    reps = DistinctRows(n, members)
     if n > 1 and len(reps) == 1:
         raise DataError(f"embeddings: all {n} rows are identical (byte-equal embeddings or equal hashes); "
                         "the embedding or hashing step probably failed")
@@ -244,7 +244,7 @@ def find_duplicates_sharded(
     return ShardedDedupResult(pairs=pair_table, nodes=nodes, shard_sizes=sizes, stats=stats)
 
 
-class _Workdir:
+class Workdir:
     """Phase files of one run: cleared when the run's key (rows and options) differs from the one saved."""
 
     def __init__(self, path: Path, key: dict) -> None:
@@ -267,8 +267,10 @@ class _Workdir:
         atomic.write_json(self.path / f"{name}.done", payload or {})
 
 
-def _exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, tasks: TaskMap) -> tuple[np.ndarray, np.ndarray]:
-    """Phase 2 (`exact_copies`), saved in the workdir: (exact copies, their representatives)."""
+def saved_exact_copies(rows: ShardedRows, work: Workdir, offsets: np.ndarray, tasks: TaskMap
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Phase 2, resumable: (exact copies, their representatives) from `scan.exact_copies`, read back from `work`
+    when this run saved them already. Shared with the incremental dedup."""
     if work.done("exact"):
         saved = np.load(work / "exact.npz")
         return saved["members"], saved["reps"]
@@ -278,7 +280,7 @@ def _exact(rows: ShardedRows, work: _Workdir, offsets: np.ndarray, tasks: TaskMa
     return members, reps
 
 
-class _Distinct:
+class DistinctRows:
     """The distinct rows (every row but the exact copies `members`), addressed by position without listing them."""
 
     def __init__(self, n: int, members: np.ndarray) -> None:
@@ -316,7 +318,7 @@ class _Samples:
     recall: np.ndarray
 
     @classmethod
-    def draw(cls, reps: _Distinct, k: int, dim: int, options: SearchOptions) -> _Samples:
+    def draw(cls, reps: DistinctRows, k: int, dim: int, options: SearchOptions) -> _Samples:
         from sanitize.dedup.clustering import PROJECTION_SAMPLE_ROWS
 
         dims = options.clustering_dims
@@ -339,7 +341,7 @@ class _Samples:
         return np.unique(np.concatenate([self.projection, *self.train, self.recall]))
 
 
-def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, options: SearchOptions) -> np.ndarray | None:
+def _projection(work: Workdir, samples: _Samples, sample_rows: NodeRows, options: SearchOptions) -> np.ndarray | None:
     """The PCA projection all clusterings share (None: cluster in full dimension), saved in the workdir."""
     if not len(samples.projection):
         return None
@@ -352,7 +354,7 @@ def _projection(work: _Workdir, samples: _Samples, sample_rows: NodeRows, option
     return projection
 
 
-def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int, projection: np.ndarray | None,
+def _centroids(work: Workdir, samples: _Samples, sample_rows: NodeRows, k: int, projection: np.ndarray | None,
                options: SearchOptions) -> tuple[list[np.ndarray], list[float]]:
     """Each clustering's centroids (trained on its sample, saved in the workdir) and seconds spent training."""
     centroids, seconds = [], []
@@ -371,7 +373,7 @@ def _centroids(work: _Workdir, samples: _Samples, sample_rows: NodeRows, k: int,
     return centroids, seconds
 
 
-def _clustering_pairs(c: int, work: _Workdir, n_parts: int, k: int, projection: np.ndarray | None,
+def _clustering_pairs(c: int, work: Workdir, n_parts: int, k: int, projection: np.ndarray | None,
                       options: SearchOptions, bucket_rows: int, tasks: TaskMap) -> tuple[tuple, dict]:
     """Clustering `c`'s confirmed pairs (a, b, cosine), sorted by (a, b), saved in the workdir; and its stats."""
     name = f"clustering_{c:03d}"
@@ -423,7 +425,7 @@ class _PairUnion:
         self.source = sources[kept]
 
 
-def _union(rows: ShardedRows, work: _Workdir, found: _PairUnion, tasks: TaskMap) -> tuple[np.ndarray, ...]:
+def _union(rows: ShardedRows, work: Workdir, found: _PairUnion, tasks: TaskMap) -> tuple[np.ndarray, ...]:
     """All pairs (`found`), with the exact copies' cosines measured; the node file of their rows."""
     a, b, cos, source = found.a, found.b, found.cos, found.source
     graph_ids = np.unique(np.concatenate([a, b]))
@@ -443,7 +445,7 @@ def _groups(rows: ShardedRows, graph_rows: NodeRows, a: np.ndarray, b: np.ndarra
             ) -> pa.Table:
     """`decide_groups` on the compact graph: the nodes table of `ShardedDedupResult`."""
     nodes, la, lb = compact_ids(a, b)
-    values = _keep_values_at(rows, nodes, offsets)
+    values = keep_values_at(rows, nodes, offsets)
     priority = keep_priority(len(nodes), values, keep)
     exact_rep = nodes.copy()
     at = np.searchsorted(nodes, members)
@@ -462,7 +464,7 @@ def _groups(rows: ShardedRows, graph_rows: NodeRows, a: np.ndarray, b: np.ndarra
     })
 
 
-def _keep_values_at(rows: ShardedRows, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+def keep_values_at(rows: ShardedRows, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
     """Keep-by values of rows `ids` (sorted), float64, or None when the rows have none."""
     shard_of = np.searchsorted(offsets, ids, side="right") - 1
     out = np.empty(len(ids), dtype=np.float64)
@@ -480,7 +482,7 @@ def _keep_values_at(rows: ShardedRows, ids: np.ndarray, offsets: np.ndarray) -> 
 # -- phase 7: recall -----------------------------------------------------------------------------------------
 
 
-def _recall(work: _Workdir, n_parts: int, found_a: np.ndarray, found_b: np.ndarray, n_queries: int,
+def _recall(work: Workdir, n_parts: int, found_a: np.ndarray, found_b: np.ndarray, n_queries: int,
             n_distinct: int) -> RecallEstimate:
     """Share of the sampled distinct rows' true pairs (found by the assign tasks) that the clusterings found."""
     parts = [np.load(work / f"parts/part_{p:05d}" / "recall.npz") for p in range(n_parts)]

@@ -20,7 +20,7 @@ from sanitize.dedup.clustering import (
     unit_length,
 )
 from sanitize.dedup.options import SearchOptions
-from sanitize.dedup.sharded import _Distinct, _Samples
+from sanitize.dedup.sharded import DistinctRows, _Samples
 from sanitize.errors import ConfigError
 
 
@@ -100,7 +100,7 @@ def test_training_draws_the_sample_and_kmeans_seed_the_out_of_core_path_draws(mo
     the row count (250 rows: 25 · 10 and 30 · 10) every row is used and no sample is drawn."""
     x = unit(np.random.default_rng(4), 250, 6)
     options = SearchOptions(seed=9, n_clusterings=3, max_points_per_centroid=mppc, clustering_dims=None)
-    samples = _Samples.draw(_Distinct(len(x), np.empty(0, np.int64)), k, 6, options)
+    samples = _Samples.draw(DistinctRows(len(x), np.empty(0, np.int64)), k, 6, options)
     seen = []
 
     def fake_kmeans(train, n_clusters, *, seed, max_points_per_centroid, n_iter):
