@@ -48,9 +48,10 @@ from sanitize.dedup.components import compact_ids
 from sanitize.dedup.defaults import DEFAULT_BLOCK_ROWS, DEFAULT_KEEP, DEFAULT_RECALL_SAMPLE, DEFAULT_THRESHOLD
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.options import RECALL_STREAM, stream_seed
-from sanitize.dedup.pairs import CANDIDATE_MARGIN
+from sanitize.dedup.pairs import CANDIDATE_MARGIN, PairUnion
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.recall import RecallEstimate
+from sanitize.dedup.run import EXACT
 from sanitize.dedup.scan import scan_shards
 from sanitize.dedup.shards import ShardedRows, shard_offsets, unit_rows, write_node_rows
 from sanitize.errors import ConfigError, DataError
@@ -226,9 +227,9 @@ def find_duplicates_since(
     if n == 0:
         raise DataError("no embeddings to deduplicate")
     work = Workdir(Path(workdir), {"layout": INDEX_LAYOUT, "incremental": str(index.path), "source":
-                                    rows.fingerprint(), "sizes": sizes, "threshold": float(threshold), "seed": seed,
-                                    "recall_sample": recall_sample, "part_rows": part_rows,
-                                    "require_normalized": require_normalized})
+                                   rows.fingerprint(), "sizes": sizes, "threshold": float(threshold), "seed": seed,
+                                   "recall_sample": recall_sample, "part_rows": part_rows,
+                                   "require_normalized": require_normalized})
     dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     if dim != index.dim:
         raise DataError(f"the new rows have dimension {dim}, the index {index.path} has {index.dim}: another "
@@ -245,18 +246,11 @@ def find_duplicates_since(
     tasks(assign_part, todo, (rows, str(work / "parts"), plan))
     clock.lap("assign")
 
-    a, b, cos, source, candidates = _pairs(index, work / "parts", len(parts), threshold, block_rows, tasks)
+    found, candidates = _pairs(index, work / "parts", len(parts), threshold, block_rows, tasks)
     clock.lap("pairs")
     # Exact copies within the batch join the new-row pairs (cosine 1: equal rows).
-    a = np.concatenate([member_reps + index.rows, a])
-    b = np.concatenate([members + index.rows, b])
-    cos = np.concatenate([np.ones(len(members)), cos])
-    source = np.concatenate([np.full(len(members), -1, np.int64), source])
-    order = np.lexsort((source, b, a))
-    a, b, cos, source = a[order], b[order], cos[order], source[order]
-    first = np.ones(len(a), dtype=bool)
-    first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    a, b, cos, source = a[first], b[first], cos[first], source[first]
+    found.add(member_reps + index.rows, members + index.rows, np.ones(len(members)), source=EXACT)
+    a, b, cos, source = found.a, found.b, found.cos, found.source
 
     nodes = _decide(rows, work, a, b, cos, index.rows, offsets, threshold, keep, refuse_chains, tasks)
     clock.lap("groups")
@@ -271,7 +265,7 @@ def find_duplicates_since(
     removed = int(np.count_nonzero(~nodes["keep"].to_numpy(zero_copy_only=False)))
     against = int(np.count_nonzero(a < index.rows))
     stats = {"rows": n, "distinct_rows": len(reps), "pairs": len(a), "pairs_with_earlier_rows": against,
-             "exact_pairs": int(np.count_nonzero(source == -1)),
+             "exact_pairs": int(np.count_nonzero(source == EXACT)),
              "pairs_first_found_by_clustering": [int(np.count_nonzero(source == c))
                                                  for c in range(index.n_clusterings)],
              "candidates": candidates, "removed": removed, "kept": n - removed, "threshold": float(threshold),
@@ -285,9 +279,10 @@ def find_duplicates_since(
 
 
 def _pairs(index: DedupIndex, new_parts: Path, n_new_parts: int, threshold: float, block_rows: int,
-           tasks: TaskMap) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Every confirmed pair (a < b, cosine, first clustering) with a new row in it, over all clusterings."""
-    out_a, out_b, out_cos, out_src, candidates = [], [], [], [], 0
+           tasks: TaskMap) -> tuple[PairUnion, int]:
+    """Every confirmed pair (a < b, cosine, first clustering) with a new row in it, over all clusterings; and the
+    number of candidates checked."""
+    union, candidates = PairUnion(), 0
     for c in range(index.n_clusterings):
         new_counts = np.stack([np.load(new_parts / f"part_{p:05d}" / f"counts_{c:03d}.npy")
                                for p in range(n_new_parts)])
@@ -297,15 +292,11 @@ def _pairs(index: DedupIndex, new_parts: Path, n_new_parts: int, threshold: floa
         items = _pair_tasks(new_sizes, old_sizes, bucket_rows)
         found = tasks(_pair_task, items, (str(index.parts), str(new_parts), c, old_counts, new_counts,
                                           index.rows, threshold, block_rows, bucket_rows))
-        for f in found:
-            out_a.append(f[0])
-            out_b.append(f[1])
-            out_cos.append(f[2])
-            out_src.append(np.full(len(f[0]), c, np.int64))
-            candidates += f[3]
-    empty = [np.empty(0, np.int64)]
-    return (np.concatenate(empty + out_a), np.concatenate(empty + out_b),
-            np.concatenate([np.empty(0, np.float64), *out_cos]), np.concatenate(empty + out_src), candidates)
+        union.add(np.concatenate([np.empty(0, np.int64), *(f[0] for f in found)]),
+                  np.concatenate([np.empty(0, np.int64), *(f[1] for f in found)]),
+                  np.concatenate([np.empty(0, np.float64), *(f[2] for f in found)]), source=c)
+        candidates += sum(f[3] for f in found)
+    return union, candidates
 
 
 def _pair_tasks(new_sizes: np.ndarray, old_sizes: np.ndarray, bucket_rows: int) -> list[tuple[int, int, int]]:

@@ -126,3 +126,26 @@ def pair_keys(a: np.ndarray, b: np.ndarray, n_rows: int) -> np.ndarray:
         raise ConfigError(f"{n_rows:,} rows: more than the {MAX_KEYED_ROWS:,} that one int64 pair key can index; "
                           "deduplicate the corpus in parts")
     return np.asarray(a, dtype=np.int64) * n_rows + np.asarray(b, dtype=np.int64)
+
+
+class PairUnion:
+    """Pairs found by several sources (the exact copies, then each clustering), each pair kept once: `a`, `b` sorted
+    by (a, b), with the `cos` and `source` of the smallest source that found it. Add one source at a time: only the
+    union and that source's pairs are held, never every source's copy of a pair (most pairs are found by all)."""
+
+    def __init__(self) -> None:
+        self.a, self.b = np.empty(0, np.int64), np.empty(0, np.int64)
+        self.cos, self.source = np.empty(0, np.float64), np.empty(0, np.int64)
+
+    def add(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, *, source: int) -> None:
+        """Merge the pairs (a[i], b[i]) with cosines `cos` found by `source`, in any order of sources."""
+        a, b = np.concatenate([self.a, a]), np.concatenate([self.b, b])
+        sources = np.concatenate([self.source, np.full(len(a) - len(self.a), source, np.int64)])
+        order = np.lexsort((sources, b, a))
+        a, b = a[order], b[order]
+        first = np.ones(len(a), dtype=bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        kept = order[first]
+        self.a, self.b = a[first], b[first]
+        self.cos = np.concatenate([self.cos, cos])[kept]
+        self.source = sources[kept]

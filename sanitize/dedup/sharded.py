@@ -57,6 +57,7 @@ from sanitize.dedup.defaults import (
 from sanitize.dedup.device import device_name
 from sanitize.dedup.groups import decide_groups, keep_priority
 from sanitize.dedup.options import SearchOptions
+from sanitize.dedup.pairs import PairUnion
 from sanitize.dedup.parallel import TaskMap, thread_map
 from sanitize.dedup.recall import RecallEstimate, recall_from_sample
 from sanitize.dedup.run import EXACT
@@ -163,7 +164,7 @@ def find_duplicates_sharded(
         raise DataError("no embeddings to deduplicate")
     searched = {k: v for k, v in options.to_dict().items() if k != "refuse_chains"}  # chains: decided at the end
     work = Workdir(Path(workdir), {"layout": LAYOUT, "source": rows.fingerprint(), "sizes": sizes, **searched,
-                                     "part_rows": part_rows, "require_normalized": require_normalized})
+                                    "part_rows": part_rows, "require_normalized": require_normalized})
 
     dim = scan_shards(rows, work / "scan", offsets, require_normalized, tasks)
     clock.lap("check")
@@ -192,7 +193,8 @@ def find_duplicates_sharded(
     todo = [p for p in range(len(parts)) if not (work / f"parts/part_{p:05d}.done").exists()]
     tasks(assign_part, todo, (rows, str(work / "parts"), plan))
     clock.lap("assign")
-    found, clustering_stats = _PairUnion.of_exact(members, member_reps), []
+    found, clustering_stats = PairUnion(), []
+    found.add(member_reps, members, np.full(len(members), np.nan), source=EXACT)  # cosines measured in _union
     for c in range(n_clusterings):
         pairs_c, info = _clustering_pairs(c, work, len(parts), k, projection, options, bucket_rows, tasks)
         logger.info("clustering %d/%d: %d pairs", c + 1, n_clusterings, len(pairs_c[0]))
@@ -396,36 +398,7 @@ def _clustering_pairs(c: int, work: Workdir, n_parts: int, k: int, projection: n
 # -- phase 6: union and groups -------------------------------------------------------------------------------
 
 
-class _PairUnion:
-    """Every pair found so far, sorted by (a, b), each once and credited to its first source (EXACT, then the
-    clusterings in order). Sources are merged one at a time, so the driver holds the union and one clustering's
-    pairs, not every clustering's copy of each pair (most pairs are found by all of them)."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, source: np.ndarray) -> None:
-        self.a, self.b, self.cos, self.source = a, b, cos, source
-
-    @classmethod
-    def of_exact(cls, members: np.ndarray, member_reps: np.ndarray) -> _PairUnion:
-        """The exact copies' pairs (representative, copy); their cosines are measured later (NaN here)."""
-        empty = cls(*(np.empty(0, dtype) for dtype in (np.int64, np.int64, np.float64, np.int64)))
-        empty.add(member_reps, members, np.full(len(members), np.nan), source=EXACT)
-        return empty
-
-    def add(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, *, source: int) -> None:
-        """Merge the pairs (a[i], b[i]) with cosines `cos` found by `source` (a later source than any held)."""
-        a, b = np.concatenate([self.a, a]), np.concatenate([self.b, b])
-        sources = np.concatenate([self.source, np.full(len(a) - len(self.a), source, np.int64)])
-        order = np.lexsort((sources, b, a))
-        a, b = a[order], b[order]
-        first = np.ones(len(a), dtype=bool)
-        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-        kept = order[first]
-        self.a, self.b = a[first], b[first]
-        self.cos = np.concatenate([self.cos, cos])[kept]
-        self.source = sources[kept]
-
-
-def _union(rows: ShardedRows, work: Workdir, found: _PairUnion, tasks: TaskMap) -> tuple[np.ndarray, ...]:
+def _union(rows: ShardedRows, work: Workdir, found: PairUnion, tasks: TaskMap) -> tuple[np.ndarray, ...]:
     """All pairs (`found`), with the exact copies' cosines measured; the node file of their rows."""
     a, b, cos, source = found.a, found.b, found.cos, found.source
     graph_ids = np.unique(np.concatenate([a, b]))

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sanitize.dedup.pairs import confirm_pairs, within_cluster_candidates
+from sanitize.dedup.pairs import PairUnion, confirm_pairs, within_cluster_candidates
+from sanitize.dedup.run import EXACT
 from sanitize.dedup.vectors import checked_unit_rows
 
 from .helpers import brute_force_pairs
@@ -98,3 +99,16 @@ def test_same_cluster_pairs_counts_the_pairs_inside_each_cluster():
 
     assert same_cluster_pairs(np.array([0, 1, 2, 5])) == 0 + 0 + 1 + 10
     assert same_cluster_pairs(np.array([100_000, 3])) == 100_000 * 99_999 // 2 + 3
+
+
+def test_the_running_union_keeps_each_pair_once_with_its_first_source_and_that_sources_cosine():
+    found = PairUnion()
+    found.add(np.array([2, 2]), np.array([5, 9]), np.array([1.0, 0.999]), source=EXACT)
+    found.add(np.array([1, 2, 3]), np.array([4, 9, 7]), np.array([0.97, 0.99, 0.96]), source=0)
+    found.add(np.array([0, 1, 3, 10**10]), np.array([8, 4, 7, 10**10 + 1]), np.array([0.95, 0.98, 0.91, 0.96]),
+              source=1)
+    found.add(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source=2)
+    assert list(zip(found.a.tolist(), found.b.tolist(), strict=True)) == [
+        (0, 8), (1, 4), (2, 5), (2, 9), (3, 7), (10**10, 10**10 + 1)]
+    assert found.source.tolist() == [1, 0, EXACT, EXACT, 0, 1]
+    np.testing.assert_array_equal(found.cos, [0.95, 0.97, 1.0, 0.999, 0.96, 0.96])

@@ -104,16 +104,3 @@ def test_repeated_uid_across_shards_is_named(tmp_path):
     uids[250] = "u250"
     find_duplicates_sharded(ArrayShards(x, 100, uids=uids), tmp_path / "w", n_clusters=2, recall_sample=0)
 
-
-def test_the_running_union_keeps_each_pair_once_with_its_first_source_and_that_sources_cosine():
-    from sanitize.dedup.sharded import EXACT, _PairUnion
-
-    found = _PairUnion.of_exact(members=np.array([5, 9]), member_reps=np.array([2, 2]))
-    found.add(np.array([1, 2, 3]), np.array([4, 9, 7]), np.array([0.97, 0.99, 0.96]), source=0)
-    found.add(np.array([0, 1, 3, 10**10]), np.array([8, 4, 7, 10**10 + 1]), np.array([0.95, 0.98, 0.91, 0.96]),
-              source=1)
-    found.add(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), source=2)
-    assert list(zip(found.a.tolist(), found.b.tolist(), strict=True)) == [
-        (0, 8), (1, 4), (2, 5), (2, 9), (3, 7), (10**10, 10**10 + 1)]
-    assert found.source.tolist() == [1, 0, EXACT, EXACT, 0, 1]
-    np.testing.assert_array_equal(found.cos, [0.95, 0.97, np.nan, np.nan, 0.96, 0.96])
